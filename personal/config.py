@@ -1,0 +1,367 @@
+"""The config system: dataclass defaults, YAML files that list only what they change, and
+dotted `key=value` overrides from the command line. Unknown keys are errors naming the key.
+
+    cfg = load_config("configs/unified.yaml", ["train.lr=1e-4", "lora.rank=8"])
+    save_config(cfg, run_dir / "config.yaml")   # every run records its resolved config
+
+Dataclass defaults are the single source of defaults; nothing else may hold one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and the problem."""
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is cut into examples."""
+
+    path: str = "data/eval"
+    """Folder in the canonical layout (characters/routines/sessions .jsonl)."""
+    splits: Optional[str] = None
+    """Splits file (DATA.md layout); None means `<path>/splits.json`, made if missing."""
+    background_path: str = "data/background"
+    """Disjoint background population used to pretrain the built-in base model."""
+    users: int = 200
+    """Users simulated when `path` does not exist yet (embedded default)."""
+    sessions: int = 50
+    """Sessions per simulated user."""
+    background_users: int = 300
+    """Users in the simulated background population."""
+    seed: int = 0
+    """Seed of the simulator and of the splits."""
+    train_frac: float = 0.6
+    """Fraction of each user's sessions (in order) used for training."""
+    val_frac: float = 0.2
+    """Fraction used for validation; the rest is test."""
+    cold_start: int = 0
+    """Users held out of every training split (cold-start users)."""
+    history_messages: int = 6
+    """How many messages before the target turn the prompt carries (last N)."""
+
+
+@dataclass
+class ModelConfig:
+    """The base model and the chat format."""
+
+    base: str = "tiny"
+    """`tiny` (built-in, trained here) or a Hugging Face causal LM by local path or id."""
+    trust_remote_code: bool = False
+    """Allow a Hub model's own code to run (off unless asked for)."""
+    device: str = "cpu"
+    """torch device: cpu, cuda, cuda:1, ..."""
+    dtype: str = "float32"
+    """float32, bfloat16 or float16 (bfloat16 is the GPU choice)."""
+    include_character: bool = False
+    """Put the user's character sketch into the prompt: an explicit, leaky baseline."""
+    hidden_size: int = 192
+    """Built-in base: hidden size."""
+    num_layers: int = 4
+    """Built-in base: transformer layers."""
+    num_heads: int = 6
+    """Built-in base: attention heads."""
+    intermediate_size: int = 512
+    """Built-in base: MLP width."""
+    vocab_size: int = 4096
+    """Built-in base: byte-level BPE vocabulary size."""
+    max_seq_len: int = 384
+    """Built-in base: longest sequence (prompt + target)."""
+    cache_dir: str = ".cache/personal"
+    """Where the pretrained built-in base is cached (by config + data fingerprint)."""
+
+
+@dataclass
+class PretrainConfig:
+    """Pretraining of the built-in base on the background population."""
+
+    epochs: float = 2.0
+    """Passes over the background examples."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW, warmup + cosine decay)."""
+    batch_size: int = 32
+    """Sequences per step."""
+    warmup_frac: float = 0.05
+    """Fraction of steps spent warming up."""
+    seed: int = 0
+    """Seed of initialisation and data order."""
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter shape (peft)."""
+
+    rank: int = 8
+    """Rank r of the update B @ A."""
+    alpha: float = 16.0
+    """Scale numerator: the update is scaled by alpha / rank."""
+    dropout: float = 0.05
+    """Dropout on the LoRA path's input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Names of the linear modules that get an adapter."""
+
+
+@dataclass
+class TrainConfig:
+    """Adapter training (AdamW, warmup + decay, clipping, early stopping)."""
+
+    lr: float = 2e-3
+    """Peak learning rate."""
+    epochs: float = 3.0
+    """Passes over the training examples (upper bound; early stopping may end sooner)."""
+    max_steps: int = 0
+    """Hard cap on optimiser steps; 0 means no cap."""
+    batch_size: int = 16
+    """Examples per step."""
+    warmup_frac: float = 0.1
+    """Fraction of steps spent warming up, then linear decay to 0."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (per adapter)."""
+    eval_every: int = 50
+    """Steps between validation-loss checks (0: once per epoch)."""
+    patience: int = 3
+    """Early stopping: validation checks without improvement before stopping."""
+    seed: int = 0
+    """Seed of initialisation, dropout and data order."""
+
+
+@dataclass
+class GenerationConfig:
+    """Batched generation."""
+
+    max_new_tokens: int = 64
+    """Longest assistant turn generated."""
+    batch_size: int = 64
+    """Prompts per generate() call."""
+    do_sample: bool = False
+    """Greedy (False) or sampling (True)."""
+    temperature: float = 1.0
+    """Sampling temperature (only with do_sample)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (only with do_sample)."""
+    seed: int = 0
+    """Seed for sampling."""
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation and statistics."""
+
+    split: str = "test"
+    """Which split is evaluated (`test`; `val` for selection and tuning)."""
+    reference: str = "unified_lora"
+    """Strategy every other is compared against."""
+    numeric_tolerance: float = 0.0
+    """Numeric parameters match within this absolute tolerance (0: exact)."""
+    bootstrap: int = 2000
+    """Bootstrap resamples for the CI of the mean delta."""
+    alpha: float = 0.05
+    """Significance level (after Holm correction)."""
+    min_user_score: float = 0.70
+    """Success criterion: no user's embedding similarity below this."""
+    max_users: int = 0
+    """Evaluate only the first N users (0: all); for smoke tests."""
+
+
+@dataclass
+class RayConfig:
+    """Where and how the experiment runs on Ray."""
+
+    address: Optional[str] = None
+    """Cluster address; None starts a local runtime in-process (or uses RAY_ADDRESS)."""
+    num_workers: int = 1
+    """Ray Train workers."""
+    use_gpu: bool = False
+    """Give each worker a GPU."""
+    cpus_per_worker: int = 1
+    """CPUs per worker."""
+
+
+@dataclass
+class Config:
+    """Everything a run needs. `strategy` holds the chosen strategy's own options, which its
+    config dataclass validates."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    strategy: dict[str, Any] = field(default_factory=dict)
+
+
+# --- Building configs ----------------------------------------------------------------------
+
+def load_config(path: Optional[str | Path] = None, overrides: list[str] = (),
+                cls: type = Config) -> Any:
+    """Defaults, then the YAML file at `path` (if any), then dotted `key=value` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = read_yaml(path)
+    cfg = from_dict(cls, values, where=str(path) if path else "config")
+    for item in overrides:
+        cfg = apply_override(cfg, item)
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def from_dict(cls: type, values: dict[str, Any], where: str = "config", prefix: str = "") -> Any:
+    """Build dataclass `cls` from a (partial) nested dict; unknown keys raise ConfigError."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, "
+                          f"got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown config key '{prefix}{key}' "
+                              f"(known: {', '.join(sorted(known))})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value, where, f"{prefix}{key}.")
+        else:
+            kwargs[key] = coerce(value, hint, f"{prefix}{key}", where)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (for YAML / JSON)."""
+    return dataclasses.asdict(cfg)
+
+
+def apply_override(cfg: Any, item: str) -> Any:
+    """Apply one `a.b.c=value` override; the value is parsed as YAML (`1e-4`, `[2,4]`, `null`)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads `1e-4` as a string; let coerce() turn numeric strings into numbers.
+    return set_dotted(cfg, key, value)
+
+
+def set_dotted(cfg: Any, key: str, value: Any) -> Any:
+    """Return a copy of `cfg` with dotted `key` set to `value` (validated)."""
+    head, _, rest = key.partition(".")
+    if not dataclasses.is_dataclass(cfg):
+        raise ConfigError(f"unknown config key '{key}'")
+    known = {f.name for f in dataclasses.fields(cfg)}
+    if head not in known:
+        raise ConfigError(f"unknown config key '{key}' (known at this level: "
+                          f"{', '.join(sorted(known))})")
+    current = getattr(cfg, head)
+    hint = typing.get_type_hints(type(cfg))[head]
+    if rest:
+        if isinstance(current, dict):  # free-form section (strategy options)
+            new = dict(current)
+            _set_in_dict(new, rest, value)
+            return dataclasses.replace(cfg, **{head: new})
+        try:
+            return dataclasses.replace(cfg, **{head: set_dotted(current, rest, value)})
+        except ConfigError as err:
+            raise ConfigError(str(err).replace(f"'{rest}'", f"'{key}'", 1)) from None
+    if dataclasses.is_dataclass(hint):
+        return dataclasses.replace(cfg, **{head: from_dict(hint, value, "override", f"{key}.")})
+    return dataclasses.replace(cfg, **{head: coerce(value, hint, key, "override")})
+
+
+def _set_in_dict(d: dict, key: str, value: Any) -> None:
+    head, _, rest = key.partition(".")
+    if rest:
+        d[head] = dict(d.get(head) or {})
+        _set_in_dict(d[head], rest, value)
+    else:
+        d[head] = value
+
+
+def coerce(value: Any, hint: Any, key: str, where: str) -> Any:
+    """Check `value` against the field's type hint, converting where it is safe."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return coerce(value, a, key, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if hint is Any:
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: '{key}' expects a list, got {value!r}")
+        return [coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)] if args \
+            else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' expects a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: '{key}' expects true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: '{key}' expects an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: '{key}' expects a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: '{key}' expects a string, got {value!r}")
+    return value
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (every run records this)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
