@@ -16,8 +16,10 @@ from typing import Any, Optional
 
 import yaml
 
+from personal.errors import PersonalError
 
-class ConfigError(ValueError):
+
+class ConfigError(PersonalError, ValueError):
     """A config file or override is wrong; the message names the key and the problem."""
 
 

@@ -1,0 +1,181 @@
+"""The `personal` command. Each command only wires flags to the library below it.
+
+Exit codes: 0 success, 2 bad input or usage (the message names the problem), 1 any other
+failure. Heavy imports (torch, transformers) happen inside commands so `--help` stays fast.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from personal.errors import PersonalError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Personalize an LLM assistant for many users with few examples each.")
+data_app = typer.Typer(no_args_is_help=True, help="Create, check, import, split and describe data.")
+base_app = typer.Typer(no_args_is_help=True, help="The built-in base model.")
+app.add_typer(data_app, name="data")
+app.add_typer(base_app, name="base")
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+# --- personal data ... ----------------------------------------------------------------------
+
+@data_app.command("synth", epilog="Example: personal data synth --out data/eval --users 200 "
+                                  "--sessions 50 --seed 0")
+def data_synth(
+    out: Path = typer.Option(..., "--out", help="Folder to write the canonical layout into."),
+    users: int = typer.Option(200, help="Number of simulated users (personas)."),
+    sessions: int = typer.Option(50, help="Sessions per user."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives identical bytes."),
+    population: str = typer.Option("eval", help="eval, or background (disjoint users for "
+                                                "pretraining the base model)."),
+) -> None:
+    """Simulate users in the EdgeWisePersona layout."""
+    from personal.data.synth import write_synth
+
+    if population not in ("eval", "background"):
+        raise PersonalError(f"--population must be eval or background, got {population!r}")
+    if users < 1 or sessions < 1:
+        raise PersonalError("--users and --sessions must be at least 1")
+    t0 = time.perf_counter()
+    ds = write_synth(out, users=users, sessions=sessions, seed=seed, population=population)
+    n_turns = sum(len(s.messages) for p in ds.personas for s in p.sessions)
+    typer.echo(f"wrote {len(ds.personas)} users x {sessions} sessions ({n_turns} messages, "
+               f"population={population}, seed={seed}) to {out} "
+               f"in {time.perf_counter() - t0:.1f}s")
+
+
+@data_app.command("validate", epilog="Example: personal data validate data/eval --lenient")
+def data_validate(
+    path: Path = typer.Argument(..., help="Folder in the canonical layout."),
+    lenient: bool = typer.Option(False, "--lenient", help="Drop bad records and report "
+                                 "exactly which, instead of failing."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --lenient: write the kept "
+                                       "records here as a clean dataset."),
+) -> None:
+    """Check a dataset and print every problem (file, line, field, what was expected)."""
+    from personal.data.io import write_dataset
+    from personal.data.validate import validate_dataset
+
+    result = validate_dataset(path)
+    for problem in result.problems:
+        typer.echo(str(problem), err=True)
+    n_sessions = sum(len(p.sessions) for p in result.dataset.personas)
+    if result.problems and not lenient:
+        typer.echo(f"{path}: {len(result.problems)} problem(s); nothing was changed "
+                   f"(--lenient drops the bad records)", err=True)
+        raise typer.Exit(2)
+    if result.dropped:
+        typer.echo(f"dropped {len(result.dropped)} record(s):", err=True)
+        for record in result.dropped:
+            typer.echo(f"  {record}", err=True)
+    if out is not None:
+        write_dataset(result.dataset, out)
+        typer.echo(f"wrote the kept records to {out}")
+    typer.echo(f"{path}: ok: {len(result.dataset.personas)} users, {n_sessions} sessions kept")
+
+
+@data_app.command("import", epilog="Example: personal data import --dialogues cleaned.jsonl "
+                                   "--splits splits.json --out data/real")
+def data_import(
+    dialogues: Path = typer.Option(..., "--dialogues", help="One JSON object per dialogue."),
+    splits: Path = typer.Option(..., "--splits", help="{persona_id: {train, val, test}} of "
+                                "line indices into the dialogue file."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the canonical layout into."),
+) -> None:
+    """Import the cleaned-dialogues layout + splits file into the canonical layout."""
+    from personal.data.importer import write_import
+
+    ds, sp = write_import(dialogues, splits, out)
+    n = sum(len(p.sessions) for p in ds.personas)
+    typer.echo(f"imported {len(ds.personas)} users, {n} dialogues into {out} "
+               f"(splits in {out / 'splits.json'})")
+
+
+@data_app.command("split", epilog="Example: personal data split data/eval --cold-start 10 --seed 0")
+def data_split(
+    path: Path = typer.Argument(..., help="Folder in the canonical layout."),
+    cold_start: int = typer.Option(0, "--cold-start", help="Users held out of every training "
+                                   "split."),
+    seed: int = typer.Option(0, help="Seed choosing the cold-start users."),
+    train_frac: float = typer.Option(0.6, help="Fraction of each user's sessions for training."),
+    val_frac: float = typer.Option(0.2, help="Fraction for validation; the rest is test."),
+    out: Optional[Path] = typer.Option(None, help="Splits file (default PATH/splits.json)."),
+) -> None:
+    """Split each user's sessions, in order, into train/val/test."""
+    from personal.data.io import write_splits
+    from personal.data.splits import make_splits
+    from personal.data.validate import load_dataset
+
+    ds = load_dataset(path)
+    splits = make_splits(ds, train_frac=train_frac, val_frac=val_frac, cold_start=cold_start,
+                         seed=seed)
+    target = out or Path(path) / "splits.json"
+    write_splits(splits, target)
+    counts = {k: sum(len(getattr(s, k)) for s in splits.values()) for k in ("train", "val", "test")}
+    typer.echo(f"wrote {target}: {len(splits)} users ({cold_start} cold-start), sessions "
+               f"train {counts['train']} / val {counts['val']} / test {counts['test']}")
+
+
+@data_app.command("stats", epilog="Example: personal data stats data/eval --json")
+def data_stats(
+    path: Path = typer.Argument(..., help="Folder in the canonical layout."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    splits: Optional[Path] = typer.Option(None, help="Splits file (default PATH/splits.json, "
+                                          "or the default 0.6/0.2/0.2 split if missing)."),
+) -> None:
+    """Describe a dataset: counts, turn lengths, device usage, how distinct the users are."""
+    from personal.data.stats import dataset_stats, format_stats
+
+    ds, sp = _load_with_splits(path, splits)
+    stats = dataset_stats(ds, sp)
+    if as_json:
+        _echo_json(stats)
+    else:
+        typer.echo(format_stats(stats))
+
+
+def _load_with_splits(path: Path, splits: Optional[Path]):
+    """The dataset and its splits: the given file, PATH/splits.json, or the default split."""
+    from personal.data.io import read_splits
+    from personal.data.splits import make_splits
+    from personal.data.validate import load_dataset
+
+    ds = load_dataset(path)
+    target = splits or Path(path) / "splits.json"
+    if splits is not None or target.is_file():
+        return ds, read_splits(target, ds)
+    return ds, make_splits(ds)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point: runs the app and maps errors to exit codes 2 and 1."""
+    debug = "--debug" in (argv if argv is not None else sys.argv)
+    args = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--debug"]
+    try:
+        app(args=args, prog_name="personal", standalone_mode=True)
+    except PersonalError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the last resort: one line, exit 1
+        if debug:
+            raise
+        typer.echo(f"error: {type(err).__name__}: {err} (rerun with --debug for a traceback)",
+                   err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
