@@ -33,6 +33,9 @@ class DataConfig:
     """Splits file (DATA.md layout); None means `<path>/splits.json`, made if missing."""
     background_path: str = "data/background"
     """Disjoint background population used to pretrain the built-in base model."""
+    simulate: bool = True
+    """When `path` (or `background_path`) does not exist, simulate users into it (the
+    embedded default, logged loudly); false makes a missing folder an error."""
     users: int = 200
     """Users simulated when `path` does not exist yet (embedded default)."""
     sessions: int = 50

@@ -1,0 +1,157 @@
+"""A run directory: everything a run made, and the bookkeeping that makes re-runs resume.
+
+    runs/<name>/
+      config.yaml          resolved config
+      run.json             data fingerprint, git revision, package versions, start times
+      units/<unit>.json    one record per finished unit of work, with the hash of its inputs
+      adapters/<name>/     peft adapter folders
+      predictions/<strategy>.jsonl, metrics/<strategy>_per_user.csv|json, summary.json
+      report.md, report.html, logs/run.log
+
+A unit (e.g. `train/unified_lora`) is skipped when its record exists with the same input hash
+and its outputs are still on disk; any change of its inputs (config, data, upstream unit)
+changes the hash and re-runs it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from personal.config import Config, save_config, to_dict
+
+PACKAGES = ("torch", "transformers", "peft", "ray", "sentence-transformers", "scikit-learn",
+            "scipy", "numpy", "faiss-cpu", "personal")
+
+
+def stable_hash(*parts: Any) -> str:
+    """A short hash of JSON-able parts (dict keys sorted), for cache keys and unit inputs."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def files_fingerprint(paths: Iterable[Path]) -> str:
+    """Hash of the bytes of the given files (missing files hash as absent)."""
+    h = hashlib.sha256()
+    for p in sorted(Path(x) for x in paths):
+        h.update(str(p.name).encode())
+        h.update(p.read_bytes() if p.is_file() else b"<absent>")
+    return h.hexdigest()[:16]
+
+
+def git_revision(cwd: Optional[Path] = None) -> str:
+    """The git commit of the code (with `+dirty` when the tree has changes), or `unknown`."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+@dataclass
+class Run:
+    """Handle on `runs/<name>/`."""
+
+    path: Path
+
+    @classmethod
+    def open(cls, path: str | Path, cfg: Config, data_fingerprint: str) -> "Run":
+        """Create or reopen a run; records the resolved config and provenance."""
+        run = cls(Path(path))
+        for sub in ("units", "adapters", "predictions", "metrics", "logs"):
+            (run.path / sub).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.path / "config.yaml")
+        info = {"data_fingerprint": data_fingerprint, "git_revision": git_revision(),
+                "packages": package_versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "platform": platform.platform()}
+        previous = run.read_json("run.json") or {}
+        info["history"] = previous.get("history", []) + [info["started"]]
+        run.write_json("run.json", info)
+        _attach_log(run.path / "logs" / "run.log")
+        return run
+
+    # --- files -----------------------------------------------------------------------------
+    def write_json(self, rel: str, obj: Any) -> Path:
+        target = self.path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n", encoding="utf-8")
+        tmp.replace(target)  # atomic: a killed run never leaves half a record
+        return target
+
+    def read_json(self, rel: str) -> Any:
+        target = self.path / rel
+        return json.loads(target.read_text(encoding="utf-8")) if target.is_file() else None
+
+    # --- units -----------------------------------------------------------------------------
+    def unit_done(self, unit: str, inputs_hash: str) -> bool:
+        """True when `unit` finished with the same inputs and its outputs still exist."""
+        record = self.read_json(f"units/{_safe(unit)}.json")
+        if not record or record.get("inputs") != inputs_hash:
+            return False
+        return all((self.path / o).exists() for o in record.get("outputs", []))
+
+    def run_unit(self, unit: str, inputs_hash: str, fn: Callable[[], dict],
+                 outputs: list[str]) -> dict:
+        """Run `fn` unless the unit is done with the same inputs; returns its result record."""
+        log = logging.getLogger("personal")
+        if self.unit_done(unit, inputs_hash):
+            log.info("skip %s (finished, inputs unchanged)", unit)
+            return self.read_json(f"units/{_safe(unit)}.json")["result"]
+        log.info("start %s", unit)
+        t0 = time.perf_counter()
+        result = fn() or {}
+        seconds = time.perf_counter() - t0
+        self.write_json(f"units/{_safe(unit)}.json", {
+            "unit": unit, "inputs": inputs_hash, "outputs": outputs, "seconds": seconds,
+            "result": result, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        log.info("done %s in %.1fs", unit, seconds)
+        return result
+
+    def unit_seconds(self) -> dict[str, float]:
+        """Wall time of every finished unit (for the report and the issue notes)."""
+        out = {}
+        for f in sorted((self.path / "units").glob("*.json")):
+            rec = json.loads(f.read_text(encoding="utf-8"))
+            out[rec["unit"]] = rec["seconds"]
+        return out
+
+
+def _safe(unit: str) -> str:
+    return unit.replace("/", "__")
+
+
+def _attach_log(path: Path) -> None:
+    """Log the `personal` logger to the run's log file (once per file)."""
+    log = logging.getLogger("personal")
+    log.setLevel(logging.INFO)
+    if not any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in log.handlers):
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+
+
+def config_section_hash(cfg: Config, *sections: str) -> str:
+    """Hash of the named config sections (what a unit's result depends on)."""
+    d = to_dict(cfg)
+    return stable_hash({s: d[s] for s in sections})

@@ -1,0 +1,46 @@
+"""Run directories: provenance is recorded, finished units are skipped, changed ones re-run."""
+import yaml
+
+from personal.config import load_config
+from personal.experiment.runs import Run, stable_hash
+
+
+def _open(tmp_path, **kw):
+    return Run.open(tmp_path / "run", load_config(None, ["lora.rank=2"]), "fp123")
+
+
+def test_run_records_config_and_provenance(tmp_path):
+    run = _open(tmp_path)
+    assert yaml.safe_load((run.path / "config.yaml").read_text())["lora"]["rank"] == 2
+    info = run.read_json("run.json")
+    assert info["data_fingerprint"] == "fp123"
+    assert info["packages"]["torch"] != "not installed"
+    assert info["git_revision"]
+
+
+def test_finished_unit_is_skipped_and_changed_inputs_rerun(tmp_path):
+    run = _open(tmp_path)
+    calls = []
+
+    def work():
+        calls.append(1)
+        (run.path / "adapters" / "a.txt").write_text("x")
+        return {"loss": 0.5}
+
+    assert run.run_unit("train/a", "h1", work, ["adapters/a.txt"]) == {"loss": 0.5}
+    assert run.run_unit("train/a", "h1", work, ["adapters/a.txt"]) == {"loss": 0.5}
+    assert len(calls) == 1                      # same inputs: skipped, result read back
+    run2 = _open(tmp_path)                      # the same command again resumes
+    run2.run_unit("train/a", "h1", work, ["adapters/a.txt"])
+    assert len(calls) == 1
+    run2.run_unit("train/a", "h2", work, ["adapters/a.txt"])
+    assert len(calls) == 2                      # changed inputs: re-run
+    (run.path / "adapters" / "a.txt").unlink()
+    run2.run_unit("train/a", "h2", work, ["adapters/a.txt"])
+    assert len(calls) == 3                      # lost outputs: re-run
+    assert set(run2.unit_seconds()) == {"train/a"}
+
+
+def test_stable_hash_ignores_key_order_but_not_values():
+    assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})
+    assert stable_hash({"a": 1}) != stable_hash({"a": 2})
