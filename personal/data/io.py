@@ -1,7 +1,9 @@
 """Read and write the canonical layout (three line-aligned JSONL files) and splits files.
 
 Writing is deterministic: the same Dataset gives the same bytes (sorted nothing, insertion
-order kept, UTF-8, one JSON value per line, `\\n` line ends).
+order kept, UTF-8, one JSON value per line, `\\n` line ends), and reading what was written
+gives the same Dataset back. Reading checks everything: `load_dataset` and `read_splits`
+raise `DataError` naming every problem (the checks live in `personal.data.validate`).
 """
 from __future__ import annotations
 
@@ -9,9 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from personal.data.schema import Actions, Dataset, Message, Persona, Routine, Session, Split, Splits
+from personal.data.schema import (Actions, Dataset, Message, Persona, Routine, Session, Splits,
+                                  persona_id_for_line)
+from personal.data.validate import (FILES, load_dataset, parse_splits, read_json_file,
+                                    split_key_lines, validate_splits)
+from personal.errors import DataError, Problem
 
-FILES = ("characters.jsonl", "routines.jsonl", "sessions.jsonl")
+# FILES and load_dataset are re-exported so callers can read and write through this module.
 
 
 def actions_to_json(actions: Actions) -> dict[str, Any]:
@@ -56,6 +62,18 @@ def character_to_json(p: Persona) -> Any:
     return out
 
 
+def _character_line(p: Persona, index: int) -> Any:
+    """The characters line of `p` at line `index`. The line index names the persona unless
+    the line says otherwise, so a non-canonical id (e.g. from an import) is stored in the
+    object form; canonical ids leave the line as `character_to_json` makes it."""
+    value = character_to_json(p)
+    if p.persona_id == persona_id_for_line(index):
+        return value
+    out: dict[str, Any] = {"persona_id": p.persona_id}
+    out.update(value if isinstance(value, dict) else {"character": value})
+    return out
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
@@ -65,7 +83,7 @@ def write_dataset(ds: Dataset, path: str | Path) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     rows = {
-        "characters.jsonl": [character_to_json(p) for p in ds.personas],
+        "characters.jsonl": [_character_line(p, i) for i, p in enumerate(ds.personas)],
         "routines.jsonl": [[routine_to_json(r) for r in p.routines] for p in ds.personas],
         "sessions.jsonl": [[session_to_json(s) for s in p.sessions] for p in ds.personas],
     }
@@ -89,3 +107,21 @@ def write_splits(splits: Splits, path: str | Path) -> None:
     """Write a splits file in the DATA.md layout (`{persona_id: {train, val, test}}`)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(splits_to_json(splits), indent=1) + "\n", encoding="utf-8")
+
+
+def read_splits(path: str | Path, dataset: Dataset | None = None) -> Splits:
+    """Read a splits file (`{persona_id: {train, val, test[, cold_start]}}` of session
+    positions). With `dataset`, also check that every persona exists and every index is in
+    range. Raises `DataError` naming every problem (file, line of the persona's entry,
+    field path such as `persona_003.test[2]`)."""
+    problems: list[Problem] = []
+    value, text = read_json_file(path, problems)
+    splits: Splits = {}
+    if not problems:
+        splits, found = parse_splits(value, str(path), text)
+        problems += found
+        if dataset is not None:
+            problems += validate_splits(splits, dataset, str(path), split_key_lines(text))
+    if problems:
+        raise DataError(problems, header=f"{path}: invalid splits file")
+    return splits
