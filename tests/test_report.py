@@ -1,0 +1,93 @@
+"""The report renders the study's table and embedded plots from a small synthetic run."""
+import base64
+import re
+
+import pytest
+
+from personal.eval.metrics import macro_mean
+from personal.eval.report import fmt, fmt_criteria, fmt_p, write_report
+from personal.eval.statistics import compare, rows_as_records
+
+USERS = [f"persona_{i:03d}" for i in range(8)]
+REF = [0.78, 0.80, 0.82, 0.76, 0.79, 0.81, 0.77, 0.83]
+
+
+def _per_user(scores, device_precision, param_f1):
+    return {u: {"emb_sim": s, "device_precision": device_precision, "param_f1": param_f1}
+            for u, s in zip(USERS, scores)}
+
+
+def _run():
+    per_user = {
+        "unified_lora": _per_user(REF, 0.9, 0.8),
+        "per_user_lora": _per_user([s + 0.02 + 0.001 * i for i, s in enumerate(REF)], 0.95, 0.85),
+        "base": _per_user([s - 0.2 for s in REF], 0.5, 0.4),
+    }
+    summary = {name: macro_mean(users) for name, users in per_user.items()}
+    comparisons = compare(per_user, "unified_lora", n_boot=200)
+    return summary, per_user, comparisons
+
+
+def _cells(md: str, strategy: str) -> list[str]:
+    line = next(l for l in md.splitlines() if l.startswith(f"| {strategy} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_report_renders_table_and_embedded_plots(tmp_path):
+    summary, per_user, comparisons = _run()
+    md_path, html_path = write_report(
+        summary, per_user, comparisons, tmp_path / "out",
+        ablations={"lora rank": [(2, 0.80), (4, 0.82), (8, 0.83)]},
+        noise_ceiling={"emb_sim": 0.91, "device_precision": 0.99, "param_f1": 0.97})
+    md = md_path.read_text()
+    assert ("| strategy | emb sim | change vs unified_lora | users improved | device precision "
+            "| parameter F1 | worst user | p (Holm) | criteria |") in md
+    assert _cells(md, "unified_lora")[:3] == ["unified_lora", "0.7950", "(reference)"]
+    row = _cells(md, "per_user_lora")
+    assert row[1] == f"{summary['per_user_lora']['emb_sim']:.4f}" == "0.8185"
+    assert row[2] == "+0.0235" and row[3] == "100.0%" and row[4] == "0.950"
+    assert row[5] == "0.850" and row[6] == "0.783" and row[8] == "PASS (4/4)"
+    assert row[7] == fmt_p(comparisons["per_user_lora"].p_holm)
+    base = _cells(md, "base")
+    assert base[2] == "-0.2000" and base[3] == "0.0%" and base[6] == "0.560"
+    assert base[8] == "FAIL (0/4: improved, mean, worst, p)"
+    assert _cells(md, "noise ceiling (alt text)")[1:6] == ["0.9100", "\u2014", "\u2014", "0.990",
+                                                           "0.970"]
+    lines = md.splitlines()  # reference first, then the others in summary order
+    order = [l.split("|")[1].strip() for l in lines if l.startswith("| ")][2:5]
+    assert order == ["unified_lora", "per_user_lora", "base"]
+
+    page = html_path.read_text()
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert [name for name, _ in images] == ["Per-user delta distribution",
+                                           "Per-user emb_sim against unified_lora", "Ablations"]
+    assert all(base64.b64decode(data)[:4] == b"\x89PNG" for _, data in images)
+    assert "<td>per_user_lora</td>" in page and "PASS (4/4)" in page
+
+
+def test_report_accepts_flat_comparison_records_and_no_extras(tmp_path):
+    summary, per_user, comparisons = _run()
+    flat = {r["strategy"]: r for r in rows_as_records(comparisons)}
+    md_path, html_path = write_report(summary, per_user, flat, tmp_path)
+    md = md_path.read_text()
+    assert _cells(md, "per_user_lora")[8] == "PASS (4/4)"
+    assert "noise ceiling" not in md and "Ablations" not in html_path.read_text()
+    assert html_path.read_text().count("data:image/png;base64,") == 2
+
+
+def test_report_of_a_reference_only_run(tmp_path):
+    per_user = {"unified_lora": _per_user(REF, 0.9, 0.8)}
+    summary = {"unified_lora": macro_mean(per_user["unified_lora"])}
+    md_path, html_path = write_report(summary, per_user, {}, tmp_path)
+    assert _cells(md_path.read_text(), "unified_lora")[6] == "0.760"
+    assert "<img" not in html_path.read_text()
+    with pytest.raises(ValueError, match="no strategies"):
+        write_report({}, {}, {}, tmp_path)
+
+
+def test_cell_formatting():
+    assert fmt(float("nan")) == "\u2014" and fmt(0.12345) == "0.1235"
+    assert fmt(0.01, signed=True) == "+0.0100"
+    assert fmt_p(3e-7) == "<0.0001" and fmt_p(0.04321) == "0.0432"
+    assert fmt_criteria({"improved": True, "mean": True, "worst": False, "p": True}) == \
+        "FAIL (3/4: worst)"
