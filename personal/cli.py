@@ -157,6 +157,148 @@ def _load_with_splits(path: Path, splits: Optional[Path]):
     return ds, make_splits(ds)
 
 
+# --- models, training, evaluation, runs ----------------------------------------------------
+
+def _config(config: Optional[Path], overrides: List[str], data: Optional[Path] = None):
+    from personal.config import load_config
+
+    cfg = load_config(config, overrides or [])
+    if data is not None:
+        from personal.config import set_dotted
+
+        cfg = set_dotted(cfg, "data.path", str(data))
+    return cfg
+
+
+def _logging(quiet: bool) -> None:
+    """Progress on stderr: INFO lines (and progress bars) unless --quiet."""
+    import logging
+    import os
+
+    if quiet:
+        os.environ["PERSONAL_QUIET"] = "1"
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+    log = logging.getLogger("personal")
+    log.handlers = [h for h in log.handlers if not isinstance(h, logging.StreamHandler)
+                    or isinstance(h, logging.FileHandler)]
+    log.addHandler(handler)
+    log.propagate = False  # libraries that configure the root logger would print it twice
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+CONFIG_OPT = typer.Option(None, "--config", help="YAML file listing the config keys it changes.")
+OVERRIDES_ARG = typer.Argument(None, help="Dotted overrides, e.g. train.lr=1e-4 lora.rank=4.")
+QUIET_OPT = typer.Option(False, "--quiet", help="Only warnings and results; no progress.")
+
+
+@base_app.command("pretrain", epilog="Example: personal base pretrain pretrain.epochs=1")
+def base_pretrain(config: Optional[Path] = CONFIG_OPT, overrides: List[str] = OVERRIDES_ARG,
+                  quiet: bool = QUIET_OPT) -> None:
+    """Pretrain the built-in base model on the background population (cached)."""
+    from personal.experiment.context import ensure_population
+    from personal.data.validate import load_dataset
+    from personal.models.base import load_base, base_cache_dir
+
+    _logging(quiet)
+    cfg = _config(config, overrides)
+    if cfg.model.base != "tiny":
+        raise PersonalError(f"model.base={cfg.model.base!r} is a pretrained model; only the "
+                            "built-in `tiny` base is pretrained here")
+    background = load_dataset(ensure_population(cfg.data.background_path, cfg, "background"))
+    load_base(cfg, background=background, allow_pretrain=True)
+    typer.echo(f"base model ready: {base_cache_dir(cfg, background)}")
+
+
+@app.command("train", epilog="Example: personal train unified_lora --run runs/unified lora.rank=4")
+def train(strategy: str = typer.Argument(..., help="Strategy name (e.g. unified_lora, base)."),
+          data: Optional[Path] = typer.Option(None, "--data", help="Data folder (data.path)."),
+          run: Path = typer.Option(Path("runs/main"), "--run", help="Run directory."),
+          config: Optional[Path] = CONFIG_OPT, overrides: List[str] = OVERRIDES_ARG,
+          quiet: bool = QUIET_OPT) -> None:
+    """Train one strategy into a run directory (resumes finished units)."""
+    from personal.experiment.context import Context
+    from personal.experiment.pipeline import train_strategy
+
+    _logging(quiet)
+    ctx = Context.create(_config(config, overrides, data), run)
+    train_strategy(ctx, _strategy_name(strategy))
+    typer.echo(f"trained {strategy} in {run}")
+
+
+def _strategy_name(name: str) -> str:
+    """Short aliases used on the command line (`unified` for `unified_lora`)."""
+    return {"unified": "unified_lora"}.get(name, name)
+
+
+@app.command("eval", epilog="Example: personal eval runs/main --strategy unified_lora")
+def evaluate(run: Path = typer.Argument(..., help="Run directory made by `personal train`."),
+             strategy: List[str] = typer.Option(None, "--strategy", help="Strategies to "
+                                                "evaluate (default: every one trained in RUN)."),
+             endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Evaluate a "
+                                                    "served endpoint (not built yet)."),
+             overrides: List[str] = OVERRIDES_ARG, quiet: bool = QUIET_OPT) -> None:
+    """Evaluate trained strategies on every test turn and write metrics."""
+    from personal.experiment.context import Context
+    from personal.experiment.pipeline import evaluate_strategy, trained_strategies, train_strategy
+
+    if endpoint:
+        raise PersonalError("--endpoint: evaluation over HTTP comes with the Ray Serve issue "
+                            "and is not built yet")
+    _logging(quiet)
+    cfg = _run_config(run, overrides)
+    ctx = Context.create(cfg, run)
+    names = [_strategy_name(s) for s in strategy] if strategy else trained_strategies(run)
+    if not names:
+        raise PersonalError(f"{run}: no trained strategy found (run `personal train` first)")
+    for name in names:
+        summary = evaluate_strategy(ctx, name, train_strategy(ctx, name))
+        typer.echo(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["macro"].items()
+                                           if k in ("emb_sim", "device_precision", "param_f1")))
+
+
+def _run_config(run: Path, overrides: List[str]):
+    from personal.config import load_config
+
+    if not (run / "config.yaml").is_file():
+        raise PersonalError(f"{run}: not a run directory (no config.yaml)")
+    return load_config(run / "config.yaml", overrides or [])
+
+
+@app.command("report", epilog="Example: personal report runs/main")
+def report(run: Path = typer.Argument(..., help="Run directory with evaluated strategies.")) -> None:
+    """Write report.md and report.html of a run (the study's table and plots)."""
+    from personal.experiment.pipeline import report_run
+
+    if not (run / "metrics").is_dir():
+        raise PersonalError(f"{run}: not a run directory (no metrics/)")
+    path = report_run(run)
+    typer.echo(f"wrote {path} and {path.with_suffix('.html')}")
+
+
+@app.command("run", epilog="Example: personal run --plan baseline --run runs/main eval.max_users=20")
+def run_main(plan: str = typer.Option("baseline", "--plan", help="Which strategies to run."),
+             data: Optional[Path] = typer.Option(None, "--data", help="Data folder (data.path)."),
+             run: Path = typer.Option(Path("runs/main"), "--run", help="Run directory."),
+             address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address "
+                                                   "(the Ray executor is not built yet)."),
+             config: Optional[Path] = CONFIG_OPT, overrides: List[str] = OVERRIDES_ARG,
+             quiet: bool = QUIET_OPT) -> None:
+    """The main job: data, base model, every strategy of the plan, evaluation, report."""
+    from personal.experiment.pipeline import PLANS, run_plan
+
+    if plan not in PLANS:
+        raise PersonalError(f"unknown plan {plan!r} (known: {', '.join(PLANS)})")
+    if address:
+        raise PersonalError("--address: running on a Ray cluster comes with the Ray issue and "
+                            "is not built yet")
+    _logging(quiet)
+    t0 = time.perf_counter()
+    path = run_plan(_config(config, overrides, data), run, PLANS[plan])
+    typer.echo(path.read_text(encoding="utf-8"))
+    typer.echo(f"report: {path} ({time.perf_counter() - t0:.0f}s)")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: runs the app and maps errors to exit codes 2 and 1."""
     debug = "--debug" in (argv if argv is not None else sys.argv)

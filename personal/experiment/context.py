@@ -1,0 +1,146 @@
+"""What every strategy sees: the config, the run, the data, its examples and the base model.
+
+Data preparation lives here too: on the embedded default a missing data folder is simulated
+(loudly), splits are made once and written next to the data, and the data fingerprint (bytes of
+the three files + splits) keys every cached result.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Optional
+
+from personal.config import Config
+from personal.data.schema import Dataset, Example, Splits
+from personal.errors import PersonalError
+from personal.experiment.runs import Run, files_fingerprint
+
+log = logging.getLogger("personal")
+
+DATA_FILES = ("characters.jsonl", "routines.jsonl", "sessions.jsonl")
+
+
+def ensure_population(path: str | Path, cfg: Config, population: str) -> Path:
+    """The data folder; when missing and `data.simulate` is on, simulate it there first."""
+    path = Path(path)
+    if (path / "sessions.jsonl").is_file():
+        return path
+    if path.exists() and any(path.iterdir()):
+        raise PersonalError(f"{path}: not a dataset folder (no sessions.jsonl)")
+    if not cfg.data.simulate:
+        raise PersonalError(f"{path}: data folder not found (data.simulate=false)")
+    from personal.data.synth import write_synth
+
+    users = cfg.data.users if population == "eval" else cfg.data.background_users
+    log.warning("%s not found: simulating %d %s users x %d sessions (seed %d) into it",
+                path, users, population, cfg.data.sessions, cfg.data.seed)
+    write_synth(path, users=users, sessions=cfg.data.sessions, seed=cfg.data.seed,
+                population=population)
+    return path
+
+
+def load_splits(cfg: Config, ds: Dataset, data_path: Path) -> tuple[Splits, Path]:
+    """The configured splits file, else `<data>/splits.json` (made from the config if missing)."""
+    from personal.data.io import read_splits, write_splits
+    from personal.data.splits import make_splits
+
+    target = Path(cfg.data.splits) if cfg.data.splits else data_path / "splits.json"
+    if target.is_file():
+        return read_splits(target, ds), target
+    if cfg.data.splits:
+        raise PersonalError(f"{target}: splits file not found")
+    splits = make_splits(ds, train_frac=cfg.data.train_frac, val_frac=cfg.data.val_frac,
+                         cold_start=cfg.data.cold_start, seed=cfg.data.seed)
+    write_splits(splits, target)
+    log.info("wrote %s", target)
+    return splits, target
+
+
+def data_fingerprint(data_path: Path, splits_path: Path) -> str:
+    return files_fingerprint([data_path / f for f in DATA_FILES] + [splits_path])
+
+
+@dataclass
+class Context:
+    """Shared state of one run; the base model is loaded once, on first use."""
+
+    cfg: Config
+    run: Run
+    dataset: Dataset
+    splits: Splits
+    fingerprint: str
+    _examples: dict = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, cfg: Config, run_path: str | Path) -> "Context":
+        from personal.data.validate import load_dataset
+
+        data_path = ensure_population(cfg.data.path, cfg, "eval")
+        ds = load_dataset(data_path)
+        splits, splits_path = load_splits(cfg, ds, data_path)
+        fp = data_fingerprint(data_path, splits_path)
+        return cls(cfg, Run.open(run_path, cfg, fp), ds, splits, fp)
+
+    def examples(self, split: str, personas: Optional[list[str]] = None) -> list[Example]:
+        """Examples of one split (cached), optionally for some personas only."""
+        from personal.data.examples import build_examples
+
+        if split not in self._examples:
+            self._examples[split] = build_examples(
+                self.dataset, self.splits, split=split,
+                history_messages=self.cfg.data.history_messages)
+        out = self._examples[split]
+        if personas is not None:
+            keep = set(personas)
+            out = [e for e in out if e.persona_id in keep]
+        return out
+
+    def eval_personas(self) -> list[str]:
+        """Users evaluated: all (or the first `eval.max_users` for smoke runs)."""
+        ids = [p.persona_id for p in self.dataset.personas]
+        return ids[: self.cfg.eval.max_users] if self.cfg.eval.max_users else ids
+
+    def characters(self) -> dict[str, Optional[str]]:
+        return {p.persona_id: p.character for p in self.dataset.personas}
+
+    @cached_property
+    def base(self) -> tuple[Any, Any]:
+        """(model, tokenizer) of the base, pretraining the built-in one if not cached."""
+        from personal.models.base import load_base
+
+        background = None
+        if self.cfg.model.base == "tiny":
+            from personal.data.validate import load_dataset
+
+            background = load_dataset(
+                ensure_population(self.cfg.data.background_path, self.cfg, "background"))
+        return load_base(self.cfg, background=background, allow_pretrain=True)
+
+    @property
+    def base_key(self) -> str:
+        """Identity of the base model (for unit input hashes): the cache folder of the
+        built-in base (config + background fingerprint), or the HF name or path."""
+        if self.cfg.model.base != "tiny":
+            return f"{self.cfg.model.base}|{self.cfg.model.dtype}"
+        from personal.models.base import cache_path, data_fingerprint
+
+        bg = ensure_population(self.cfg.data.background_path, self.cfg, "background")
+        return str(cache_path(self.cfg, data_fingerprint(bg)))
+
+    def training_personas(self) -> list[str]:
+        """Users whose data may be trained on or early-stopped on (not cold-start users)."""
+        return [pid for pid, sp in self.splits.items() if not sp.cold_start]
+
+    def prompt_format(self, extra_context=None):
+        """The run's one chat format (history length, max length, optional character)."""
+        from personal.models.chat import PromptFormat
+
+        return PromptFormat.from_config(self.cfg, self.characters(), extra_context)
+
+    @property
+    def progress(self) -> bool:
+        """Progress bars on, unless the command ran with --quiet."""
+        return os.environ.get("PERSONAL_QUIET") != "1"

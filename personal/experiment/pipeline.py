@@ -1,0 +1,149 @@
+"""The pipeline: train a strategy's units, evaluate it on every test turn, report the run.
+
+This is the local executor: stages run in order, units one after another, each skipped when
+finished with unchanged inputs. The Ray executor fans the same units out.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+from personal.config import Config, to_dict
+from personal.experiment.context import Context
+from personal.experiment.runs import Run, stable_hash
+from personal.strategies.registry import Unit, get_strategy, strategy_config
+
+log = logging.getLogger("personal")
+
+PLANS = {
+    "baseline": ["base", "unified_lora"],
+}
+
+
+def strategy_units(ctx: Context, name: str) -> list[list[Unit]]:
+    spec = get_strategy(name)
+    return spec.stages(ctx, strategy_config(spec, ctx.cfg.strategy.get(name)))
+
+
+def train_strategy(ctx: Context, name: str) -> str:
+    """Run every unit of the strategy's stages; returns the hash of all their inputs."""
+    hashes = []
+    trained = ctx.run.read_json("strategies.json") or []
+    if name not in trained:
+        ctx.run.write_json("strategies.json", trained + [name])
+    for stage in strategy_units(ctx, name):
+        for unit in stage:
+            ctx.run.run_unit(unit.name, unit.inputs, unit.fn, unit.outputs)
+            hashes.append(unit.inputs)
+    return stable_hash(name, hashes)
+
+
+def trained_strategies(run_path: str | Path) -> list[str]:
+    """Strategies `personal train` has run in this run directory, in order."""
+    return Run(Path(run_path)).read_json("strategies.json") or []
+
+
+def evaluate_strategy(ctx: Context, name: str, trained: str) -> dict:
+    """Predict every turn of the evaluated split, score it, write predictions and metrics."""
+    split = ctx.cfg.eval.split
+    inputs = stable_hash(trained, ctx.fingerprint, to_dict(ctx.cfg)["eval"],
+                         to_dict(ctx.cfg)["generation"], ctx.eval_personas())
+    outputs = [f"predictions/{name}.jsonl", f"metrics/{name}_per_user.csv",
+               f"metrics/{name}_summary.json"]
+
+    def work() -> dict:
+        spec = get_strategy(name)
+        examples = ctx.examples(split, ctx.eval_personas())
+        predict = spec.predictor(ctx, strategy_config(spec, ctx.cfg.strategy.get(name)))
+        t0 = time.perf_counter()
+        predictions = predict(examples)
+        gen_seconds = time.perf_counter() - t0
+        return write_evaluation(ctx, name, examples, predictions, gen_seconds)
+
+    return ctx.run.run_unit(f"eval/{name}", inputs, work, outputs)
+
+
+def evaluate_noise_ceiling(ctx: Context) -> dict:
+    """Reference vs `alt_text` on the evaluated turns: the best a text metric can expect."""
+    from personal.eval.metrics import noise_ceiling
+
+    examples = ctx.examples(ctx.cfg.eval.split, ctx.eval_personas())
+    inputs = stable_hash("noise_ceiling", ctx.fingerprint, to_dict(ctx.cfg)["eval"],
+                         ctx.eval_personas())
+
+    def work() -> dict:
+        if not any(e.alt_text for e in examples):
+            return {}
+        ceiling = noise_ceiling([e.target for e in examples], [e.alt_text for e in examples],
+                                users=[e.persona_id for e in examples],
+                                golds=[e.actions for e in examples],
+                                tolerance=ctx.cfg.eval.numeric_tolerance)
+        ctx.run.write_json("metrics/noise_ceiling.json", ceiling)
+        return ceiling
+
+    return ctx.run.run_unit("eval/noise_ceiling", inputs, work, [])
+
+
+def prompt_hash(example) -> str:
+    """Hash of everything the prompt is built from (context, history), per example."""
+    blob = json.dumps({"meta": example.meta, "history": [(m.role, m.text) for m in example.history]},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def write_evaluation(ctx: Context, name: str, examples, predictions, gen_seconds: float) -> dict:
+    """Score predictions; write per-example records, per-user means (CSV + JSON), summary."""
+    from personal.eval.metrics import macro_mean, per_user_means, score_examples
+
+    scores = score_examples(predictions, [e.target for e in examples],
+                            [e.actions for e in examples],
+                            tolerance=ctx.cfg.eval.numeric_tolerance)
+    records = []
+    for e, pred, sc in zip(examples, predictions, scores):
+        records.append({"persona_id": e.persona_id, "session_id": e.session_id,
+                        "turn_index": e.turn_index, "prompt_hash": prompt_hash(e),
+                        "prediction": pred, "reference": e.target, **sc})
+    pred_path = ctx.run.path / "predictions" / f"{name}.jsonl"
+    with open(pred_path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    per_user = per_user_means(records)
+    write_per_user_csv(ctx.run.path / "metrics" / f"{name}_per_user.csv", per_user)
+    ctx.run.write_json(f"metrics/{name}_per_user.json", per_user)
+    summary = {"strategy": name, "users": len(per_user), "examples": len(records),
+               "generation_seconds": gen_seconds, "macro": macro_mean(per_user)}
+    ctx.run.write_json(f"metrics/{name}_summary.json", summary)
+    log.info("%s: %s", name, {k: round(v, 4) for k, v in summary["macro"].items()
+                              if k in ("emb_sim", "device_precision", "param_f1")})
+    return summary
+
+
+def write_per_user_csv(path: Path, per_user: dict[str, dict[str, float]]) -> None:
+    metrics = sorted({m for scores in per_user.values() for m in scores})
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["persona_id"] + metrics)
+        for user, scores in per_user.items():
+            w.writerow([user] + [scores.get(m, "") for m in metrics])
+
+
+def run_plan(cfg: Config, run_path: str | Path, strategies: list[str]) -> Path:
+    """Train, evaluate and report the given strategies in one run; returns the report path."""
+    ctx = Context.create(cfg, run_path)
+    evaluate_noise_ceiling(ctx)
+    for name in strategies:
+        trained = train_strategy(ctx, name)
+        evaluate_strategy(ctx, name, trained)
+    return report_run(ctx.run.path)
+
+
+def report_run(run_path: str | Path) -> Path:
+    """Write report.md / report.html of a run from its metrics files."""
+    from personal.experiment.reporting import report_from_run
+
+    return report_from_run(Path(run_path))
