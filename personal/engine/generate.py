@@ -1,0 +1,104 @@
+"""Greedy generation for a batch whose rows use different adapters or adapter mixtures.
+
+One KV-cached decoding loop over the whole batch: the routing (adapter per row) stays set for
+every step, the first pass carries each row's soft prefix and user vector, and every new token
+gets its row's user vector again. Rows keep their order, so routing by row stays right.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from personal.engine.prompts import build_inputs, leading_pads, positions, prompt_tables
+from personal.engine.stacked_lora import Rows, adapter_rows, get_routing
+from personal.errors import PersonalError
+
+
+@torch.no_grad()
+def generate_mixed(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   adapters: Rows, max_new_tokens: int,
+                   eos_token_id: Optional[Union[int, Sequence[int]]] = None,
+                   pad_token_id: Optional[int] = None) -> torch.Tensor:
+    """Greedy-decode up to `max_new_tokens` for left-padded prompts.
+
+    adapters: LongTensor [B] of adapter indices (-1 = base model) or float [B, K] weights.
+    Returns the new tokens [B, n] (n <= max_new_tokens); rows that met an eos token are
+    filled with `pad_token_id` (default: the first eos id, else 0) after it.
+    """
+    device = next(model.parameters()).device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    if input_ids.shape != attention_mask.shape:
+        raise PersonalError(f"input_ids {tuple(input_ids.shape)} and attention_mask "
+                            f"{tuple(attention_mask.shape)} differ in shape")
+    pads = leading_pads(attention_mask)
+    if bool((pads + attention_mask.sum(-1) != attention_mask.shape[1]).any()):
+        raise PersonalError("generation needs left padding (prompts end at the last column)")
+    eos = [] if eos_token_id is None else (
+        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    was_training = model.training
+    model.eval()
+    try:
+        with adapter_rows(model, adapters):
+            return _decode(model, input_ids, attention_mask, max_new_tokens, eos, pad)
+    finally:
+        model.train(was_training)
+
+
+def _decode(model, input_ids, attention_mask, max_new_tokens, eos, pad) -> torch.Tensor:
+    inputs = build_inputs(model, input_ids, attention_mask)
+    mask = inputs["attention_mask"]
+    last_only = _last_logits_argument(model)
+    out = model(**inputs, use_cache=True, **last_only)
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    eos_t = torch.tensor(eos, device=input_ids.device, dtype=torch.long)
+    tokens = []
+    cache_arg = _cache_argument(model)
+    for step in range(max_new_tokens):
+        nxt = out.logits[:, -1].argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        tokens.append(nxt)
+        if len(eos):
+            done = done | torch.isin(nxt, eos_t)
+            if bool(done.all()):
+                break
+        if step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        pos = positions(mask)[:, -1:]
+        out = model(**_next_inputs(model, nxt), attention_mask=mask, position_ids=pos,
+                    use_cache=True, **{cache_arg: _cache_of(out)}, **last_only)
+    if not tokens:
+        return input_ids.new_zeros((input_ids.shape[0], 0))
+    return torch.stack(tokens, dim=1)
+
+
+def _cache_argument(model) -> str:
+    # transformers 5.x calls the KV cache `cache`; 4.x called it `past_key_values`.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _last_logits_argument(model) -> dict:
+    # The prompt's logits are never used: only the last position's (as HF generate does).
+    params = inspect.signature(model.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: 1}
+    return {}
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _next_inputs(model, nxt: torch.Tensor) -> dict[str, torch.Tensor]:
+    tables = prompt_tables(model)
+    vec = None if tables is None else tables.rows_user_vector(get_routing(model))
+    if vec is None:
+        return {"input_ids": nxt[:, None]}
+    emb = model.get_input_embeddings()(nxt[:, None])
+    return {"inputs_embeds": emb + vec[:, None, :].to(emb.dtype)}

@@ -1,0 +1,89 @@
+"""Each adapter's own data order, and packing of many adapters' batches into shared passes.
+
+Adapter k draws its examples from its own generator (seed `seed + k` unless given), epoch
+after epoch, in batches of `batch_size`; this is the order it would see if trained alone.
+A training step takes the next batch of every adapter still training and packs them, sorted
+by length, into forward passes of at most `micro_batch_rows` rows.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from personal.errors import PersonalError
+
+IGNORE = -100
+
+
+def adapter_batches(num_examples: int, batch_size: int, epochs: float, max_steps: int,
+                    seed: int) -> list[list[int]]:
+    """The batches (lists of example indices) one adapter trains on, in order.
+
+    Each epoch is a fresh permutation from one generator seeded `seed`; the last batch of an
+    epoch may be short. Steps = ceil(epochs * batches per epoch), capped by `max_steps` if > 0.
+    """
+    if num_examples == 0:
+        return []
+    if batch_size < 1:
+        raise PersonalError(f"batch_size must be >= 1, got {batch_size}")
+    per_epoch = math.ceil(num_examples / batch_size)
+    total = math.ceil(epochs * per_epoch)
+    if max_steps > 0:
+        total = min(total, max_steps)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    batches: list[list[int]] = []
+    while len(batches) < total:
+        order = torch.randperm(num_examples, generator=g).tolist()
+        batches += [order[i:i + batch_size] for i in range(0, num_examples, batch_size)]
+    return batches[:total]
+
+
+def check_examples(datasets: Sequence[Sequence[dict]], what: str = "datasets") -> None:
+    """Every example needs `input_ids` and `labels` of one length with a target token;
+    the error names the adapter, the example and the field."""
+    for k, examples in enumerate(datasets):
+        for i, ex in enumerate(examples):
+            where = f"{what}[{k}][{i}]"
+            for field in ("input_ids", "labels"):
+                if field not in ex:
+                    raise PersonalError(f"{where}: missing field {field!r}")
+            n, m = len(ex["input_ids"]), len(ex["labels"])
+            if n != m:
+                raise PersonalError(f"{where}: labels has {m} entries, input_ids {n}")
+            if n < 2 or all(int(t) == IGNORE for t in list(ex["labels"])[1:]):
+                raise PersonalError(f"{where}: no target token (labels are all -100 after the "
+                                    f"first position)")
+
+
+def target_count(example: dict, has_prefix: bool) -> int:
+    """Target tokens the example contributes to the loss. Labels are shifted by one, so the
+    first token counts only when a prefix puts a position in front of it."""
+    labels = [int(t) for t in example["labels"]]
+    return sum(t != IGNORE for t in (labels if has_prefix else labels[1:]))
+
+
+def pack_rows(rows: list[tuple[int, dict]], micro_batch_rows: int) -> list[list[tuple[int, dict]]]:
+    """Split (adapter, example) rows into forward passes; sorting by length keeps padding low.
+    The split does not change the result: every row's loss is weighted by its own adapter's
+    token count, so gradients accumulate to the same sum."""
+    rows = sorted(rows, key=lambda r: len(r[1]["input_ids"]), reverse=True)
+    size = max(1, micro_batch_rows)
+    return [rows[i:i + size] for i in range(0, len(rows), size)]
+
+
+def collate(rows: list[tuple[int, dict]], pad_token_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded tensors for a pass: input_ids, attention_mask, labels, adapter index."""
+    width = max(len(ex["input_ids"]) for _, ex in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (_, ex) in enumerate(rows):
+        n = len(ex["input_ids"])
+        ids[r, :n] = torch.as_tensor(ex["input_ids"], dtype=torch.long)
+        labels[r, :n] = torch.as_tensor(ex["labels"], dtype=torch.long)
+        mask[r, :n] = 1
+    adapters = torch.tensor([k for k, _ in rows], dtype=torch.long)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+            "labels": labels.to(device), "adapters": adapters.to(device)}

@@ -1,0 +1,299 @@
+"""Train K adapters in shared forward passes, each exactly as if it were trained alone.
+
+    result = train_stacked(model, datasets, TrainConfig(lr=2e-3, epochs=3), val_datasets=vals)
+
+`datasets[k]` are adapter k's examples: dicts of `input_ids` and `labels` (-100 outside the
+targets). Per adapter: its own data order (`sampler.adapter_batches`), a token-mean loss over
+its own batch, its own gradient clipping, warmup + decay schedule over its own steps, AdamW
+moments and step count, learning rate, and early stopping on its own validation loss. The
+losses of the adapters in a pass are summed: their parameters are disjoint slices, so each
+adapter's gradient is exactly its own loss's gradient.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from personal.config import TrainConfig
+from personal.engine.optim import StackedAdamW, clip_per_adapter, linear_warmup_decay, warmup_steps
+from personal.engine.prompts import build_inputs, prompt_tables
+from personal.engine.sampler import (IGNORE, adapter_batches, check_examples, collate, pack_rows,
+                                     target_count)
+from personal.engine.stacked_lora import (StackedWeights, adapter_rows, get_routing,
+                                          load_adapter_state, stacked_parameters)
+from personal.errors import PersonalError
+
+AdapterRef = Union[dict, StackedWeights, str, Path]
+
+
+@dataclass
+class AdapterRun:
+    """What happened to one adapter during `train_stacked`."""
+
+    total_steps: int                      # steps planned (epochs x batches, capped)
+    steps: int = 0                        # steps taken (fewer if stopped early)
+    stopped_early: bool = False
+    best_step: Optional[int] = None       # step whose weights were kept (None: no validation)
+    best_val_loss: Optional[float] = None
+    train_losses: list[float] = field(default_factory=list)   # per step, token-mean
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
+
+
+@dataclass
+class StackedTrainResult:
+    """Per-adapter runs plus the throughput of the whole call."""
+
+    adapters: list[AdapterRun]
+    wall_s: float
+    examples: int          # training examples processed (rows of all passes)
+    tokens: int            # real tokens processed in training passes
+
+
+@dataclass
+class _State:
+    model: nn.Module
+    cfg: TrainConfig
+    datasets: Sequence[Sequence[dict]]
+    val_datasets: Optional[Sequence[Sequence[dict]]]
+    params: dict[str, nn.Parameter]
+    opt: StackedAdamW
+    runs: list[AdapterRun]
+    plans: list[list[list[int]]]
+    lrs: list[float]
+    has_prefix: bool
+    device: torch.device
+    pad_token_id: int
+    micro_batch_rows: int
+    l2_ref: Optional[dict[str, torch.Tensor]] = None
+    l2_lambda: float = 0.0
+    best: dict = field(default_factory=dict)      # k -> state snapshot
+    bad: dict = field(default_factory=dict)       # k -> evaluations without improvement
+    examples: int = 0
+    tokens: int = 0
+
+
+def train_stacked(model: nn.Module, datasets: Sequence[Sequence[dict]], cfg: TrainConfig, *,
+                  val_datasets: Optional[Sequence[Sequence[dict]]] = None,
+                  lrs: Optional[Sequence[float]] = None,
+                  adapter_seeds: Optional[Sequence[int]] = None,
+                  init_from: Optional[AdapterRef] = None, l2_to: Optional[AdapterRef] = None,
+                  l2_lambda: float = 0.0, micro_batch_rows: int = 64, pad_token_id: int = 0,
+                  on_step: Optional[Callable[[int, list[int]], None]] = None,
+                  ) -> StackedTrainResult:
+    """Train every adapter of the model's stack (LoRA and/or prompt tables) on its dataset.
+
+    cfg: lr (default for all), epochs, max_steps, batch_size (per adapter), warmup_frac,
+      weight_decay, max_grad_norm (per adapter), eval_every (0: once per epoch), patience
+      (0: no early stopping), seed (adapter k's data order: `seed + k` unless `adapter_seeds`).
+    lrs: a peak learning rate per adapter. init_from: one adapter state (peft keys or a peft
+      folder) copied into every slot, or StackedWeights, one per slot (hybrid strategies).
+    l2_to / l2_lambda: add l2_lambda * ||theta_k - ref||^2 to adapter k's loss (constrained).
+    val_datasets: enables validation, early stopping and keeping each adapter's best weights.
+    The model's device is used; adapters with an empty dataset are left untouched.
+    """
+    st = _setup(model, datasets, cfg, val_datasets, lrs, adapter_seeds, init_from, l2_to,
+                l2_lambda, micro_batch_rows, pad_token_id)
+    t0 = time.perf_counter()
+    was_training = model.training
+    step = 0
+    while True:
+        active = [k for k, run in enumerate(st.runs)
+                  if not run.stopped_early and run.steps < run.total_steps]
+        if not active:
+            break
+        model.train()
+        _train_step(st, active)
+        step += 1
+        _evaluate_due(st, active)
+        if on_step is not None:
+            on_step(step, active)
+    _finish(st)
+    model.train(was_training)
+    return StackedTrainResult(st.runs, time.perf_counter() - t0, st.examples, st.tokens)
+
+
+def _setup(model, datasets, cfg, val_datasets, lrs, adapter_seeds, init_from, l2_to, l2_lambda,
+           micro_batch_rows, pad_token_id) -> _State:
+    k = get_routing(model).num_adapters
+    for name, items in (("datasets", datasets), ("val_datasets", val_datasets),
+                        ("lrs", lrs), ("adapter_seeds", adapter_seeds)):
+        if items is not None and len(items) != k:
+            raise PersonalError(f"{name} has {len(items)} entries; the stack holds {k} adapters")
+    check_examples(datasets)
+    if val_datasets is not None:
+        check_examples(val_datasets, "val_datasets")
+    params = {key: p for key, p in stacked_parameters(model).items() if p.requires_grad}
+    if not params:
+        raise PersonalError("the model has no trainable stacked parameters")
+    if init_from is not None:
+        _load_init(model, init_from, k)
+    seeds = list(adapter_seeds) if adapter_seeds is not None else [cfg.seed + j for j in range(k)]
+    plans = [adapter_batches(len(d), cfg.batch_size, cfg.epochs, cfg.max_steps, s)
+             for d, s in zip(datasets, seeds)]
+    torch.manual_seed(cfg.seed)  # dropout
+    tables = prompt_tables(model)
+    device = next(iter(params.values())).device
+    st = _State(model, cfg, datasets, val_datasets, params,
+                StackedAdamW(list(params.values()), k, weight_decay=cfg.weight_decay),
+                [AdapterRun(total_steps=len(p)) for p in plans], plans,
+                [float(x) for x in lrs] if lrs is not None else [cfg.lr] * k,
+                bool(tables is not None and getattr(tables, "prefix", None) is not None),
+                device, pad_token_id, micro_batch_rows)
+    if l2_to is not None and l2_lambda > 0:
+        st.l2_ref, st.l2_lambda = _reference(l2_to, params, k, device), float(l2_lambda)
+    return st
+
+
+def _load_init(model, init_from: AdapterRef, k: int) -> None:
+    if isinstance(init_from, StackedWeights):
+        if init_from.num_adapters != k:
+            raise PersonalError(f"init_from holds {init_from.num_adapters} adapters, the stack {k}")
+        for j in range(k):
+            load_adapter_state(model, j, init_from.adapter(j), strict=False)
+        return
+    load_adapter_state(model, None, _as_state(init_from), strict=False)
+
+
+def _as_state(ref: AdapterRef) -> dict[str, torch.Tensor]:
+    if isinstance(ref, (str, Path)):
+        from personal.engine.peft_io import import_peft
+        return import_peft([ref]).adapter(0)
+    return ref
+
+
+def _reference(ref: AdapterRef, params, k: int, device) -> dict[str, torch.Tensor]:
+    """Reference weights as stacked [K or 1, ...] tensors per key (only keys it holds)."""
+    if isinstance(ref, StackedWeights):
+        if ref.num_adapters != k:
+            raise PersonalError(f"l2_to holds {ref.num_adapters} adapters, the stack {k}")
+        tensors = ref.tensors
+    else:
+        tensors = {key: t.unsqueeze(0) for key, t in _as_state(ref).items()}
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise PersonalError(f"l2_to has keys the stack lacks, e.g. {unknown[:3]}")
+    return {key: t.to(device=device, dtype=torch.float32) for key, t in tensors.items()}
+
+
+def _train_step(st: _State, active: list[int]) -> None:
+    """One optimiser step for every active adapter, on its next batch."""
+    batches = {k: st.plans[k][st.runs[k].steps] for k in active}
+    counts = {k: sum(target_count(st.datasets[k][i], st.has_prefix) for i in b)
+              for k, b in batches.items()}
+    rows = [(k, st.datasets[k][i]) for k in active for i in batches[k]]
+    losses = torch.zeros(len(st.runs), device=st.device)
+    for chunk in pack_rows(rows, st.micro_batch_rows):
+        batch = collate(chunk, st.pad_token_id, st.device)
+        sums = _row_loss_sums(st.model, batch)
+        scale = torch.tensor([1.0 / counts[k] for k, _ in chunk], device=st.device)
+        per_row = sums * scale
+        per_row.sum().backward()
+        losses.index_add_(0, batch["adapters"], per_row.detach())
+        st.examples += len(chunk)
+        st.tokens += int(batch["attention_mask"].sum())
+    idx = torch.tensor(active, device=st.device)
+    if st.l2_ref is not None:
+        _l2_penalty(st, idx).backward()
+    params = list(st.params.values())
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    clip_per_adapter(params, idx, st.cfg.max_grad_norm)
+    lrs = []
+    for k in active:
+        run = st.runs[k]
+        mult = linear_warmup_decay(run.steps, run.total_steps,
+                                   warmup_steps(run.total_steps, st.cfg.warmup_frac))
+        lrs.append(st.lrs[k] * mult)
+    st.opt.step(active, lrs)
+    for p in params:
+        p.grad = None
+    for k, loss in zip(active, losses[idx].tolist()):
+        st.runs[k].steps += 1
+        st.runs[k].train_losses.append(loss)
+
+
+def _l2_penalty(st: _State, idx: torch.Tensor) -> torch.Tensor:
+    total = torch.zeros((), device=st.device)
+    for key, ref in st.l2_ref.items():
+        theta = st.params[key].index_select(0, idx).float()
+        r = ref.index_select(0, idx) if ref.shape[0] > 1 else ref
+        total = total + (theta - r).pow(2).sum()
+    return st.l2_lambda * total
+
+
+def _row_loss_sums(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of next-token cross-entropy over each row's target tokens, shape [rows]."""
+    with adapter_rows(model, batch["adapters"]):
+        inputs = build_inputs(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        labels = inputs.pop("labels")
+        logits = model(**inputs, use_cache=False).logits
+    shifted = labels[:, 1:]
+    sel = shifted != IGNORE
+    ce = F.cross_entropy(logits[:, :-1][sel].float(), shifted[sel], reduction="none")
+    rows = sel.nonzero()[:, 0]
+    return torch.zeros(labels.shape[0], device=ce.device).index_add_(0, rows, ce)
+
+
+@torch.no_grad()
+def validation_losses(model: nn.Module, val_datasets: Sequence[Sequence[dict]],
+                      adapters: Sequence[int], micro_batch_rows: int = 64,
+                      pad_token_id: int = 0) -> dict[int, float]:
+    """Token-mean validation loss of each listed adapter on its own validation examples,
+    computed in shared passes (eval mode: no dropout)."""
+    tables = prompt_tables(model)
+    has_prefix = bool(tables is not None and getattr(tables, "prefix", None) is not None)
+    device = next(model.parameters()).device
+    rows = [(k, ex) for k in adapters for ex in val_datasets[k]]
+    counts = {k: sum(target_count(ex, has_prefix) for ex in val_datasets[k]) for k in adapters}
+    sums = torch.zeros(get_routing(model).num_adapters, device=device)
+    was_training = model.training
+    model.eval()
+    for chunk in pack_rows(rows, micro_batch_rows):
+        batch = collate(chunk, pad_token_id, device)
+        sums.index_add_(0, batch["adapters"], _row_loss_sums(model, batch))
+    model.train(was_training)
+    return {k: sums[k].item() / counts[k] for k in adapters if counts[k] > 0}
+
+
+def _due(st: _State, k: int) -> bool:
+    run = st.runs[k]
+    if st.val_datasets is None or not st.val_datasets[k]:
+        return False
+    every = st.cfg.eval_every
+    if every <= 0:  # once per epoch of this adapter
+        every = -(-len(st.datasets[k]) // st.cfg.batch_size)
+    return run.steps % every == 0 or run.steps == run.total_steps
+
+
+def _evaluate_due(st: _State, active: list[int]) -> None:
+    due = [k for k in active if _due(st, k)]
+    if not due:
+        return
+    losses = validation_losses(st.model, st.val_datasets, due, st.micro_batch_rows,
+                               st.pad_token_id)
+    for k, loss in losses.items():
+        run = st.runs[k]
+        run.val_losses.append((run.steps, loss))
+        if run.best_val_loss is None or loss < run.best_val_loss:
+            run.best_val_loss, run.best_step = loss, run.steps
+            st.best[k] = {key: p[k].detach().clone() for key, p in st.params.items()}
+            st.bad[k] = 0
+        else:
+            st.bad[k] = st.bad.get(k, 0) + 1
+            if 0 < st.cfg.patience <= st.bad[k]:
+                run.stopped_early = True  # frozen from now on: no batches, no Adam steps
+
+
+@torch.no_grad()
+def _finish(st: _State) -> None:
+    """Every validated adapter ends on its best weights."""
+    for k, snapshot in st.best.items():
+        for key, value in snapshot.items():
+            st.params[key][k] = value
