@@ -132,12 +132,15 @@ def data_stats(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     splits: Optional[Path] = typer.Option(None, help="Splits file (default PATH/splits.json, "
                                           "or the default 0.6/0.2/0.2 split if missing)."),
+    max_ceiling_turns: Optional[int] = typer.Option(
+        None, "--max-ceiling-turns", help="Embed only an evenly spread sample of this many test "
+        "turns for the noise ceiling (default: all)."),
 ) -> None:
     """Describe a dataset: counts, turn lengths, device usage, how distinct the users are."""
     from personal.data.stats import dataset_stats, format_stats
 
     ds, sp = _load_with_splits(path, splits)
-    stats = dataset_stats(ds, sp)
+    stats = dataset_stats(ds, sp, ceiling_max_turns=max_ceiling_turns)
     if as_json:
         _echo_json(stats)
     else:
