@@ -5,13 +5,23 @@ stand-in; its numbers are tuned to "Real data in numbers" in DATA.md (words per 
 question / number / name rates, device shares). Pipeline per persona:
 
 1. draw an archetype (balanced over the population) and an individual from it: name,
-   character sketch, style traits, preferred values, a `Voice` over the phrase banks;
-2. instantiate 3–6 routines from the archetype's templates (triggers over the five context
-   fields, settings within the schema ranges, values from the user's preferences);
-3. per session: ~75% routine-driven (context sampled to match the routine's triggers, the
-   user asks for some of its settings, exactly or only as a wish), the rest spontaneous
-   (context matching no routine, settings from the user's general taste); plan 2–7
-   assistant turns (`synth_session`), then word them (`synth_render`).
+   character sketch, style traits, preferred values (inside the archetype's setting ranges),
+   a context prior (the archetype's times of day, days and weather, jittered per person),
+   a `Voice` over the phrase banks;
+2. instantiate 3–6 routines: the archetype's signature template, more of its templates and
+   now and then one from another archetype (triggers over the five context fields, drawn by
+   the user's context prior; settings within the schema ranges, shifted by the user's
+   preferences);
+3. per session: ~75% routine-driven (context matches the routine's triggers, free fields
+   from the user's context prior; the user asks for some of its settings, exactly or only as
+   a wish), the rest spontaneous (a context of the user's prior matching no routine,
+   settings from the user's general taste); plan 2–7 assistant turns (more for talkative
+   users, `synth_session`), then word them (`synth_render`).
+
+Archetypes are a real structure, as user groups are: on the default data the silhouette of
+`features.user_features` grouped by archetype is about 0.18 (shuffled labels: -0.05), while
+individuals stay identifiable (TF-IDF + logistic regression names the user of a test turn
+about 50 times more often than chance).
 
 Determinism: every random draw comes from a `random.Random` seeded by a string naming the
 population, seed and persona, so the same arguments give the same bytes and a persona does
@@ -28,10 +38,10 @@ Modules: `synth_world` (archetypes, routine templates), `synth_names`, `synth_us
 `synth_render` (wording), `synth_phrases` (phrase banks and the phrasing conventions that
 an action parser relies on).
 
-Measured on the default 200 × 50 (seed 0): user turns 17.2 words, assistant 16.3 (median
-16), 74% of assistant turns ask a question, 53% contain a number, 6.5% address the user by
-name; devices mentioned in AC 36%, lights 32%, TV 23%, speaker 18%, security 10% of
-assistant turns; about 6 s of CPU.
+Measured on the default 200 × 50 (seed 0): user turns 17.4 words, assistant 16.3 (median
+16), 74% of assistant turns ask a question, 52% contain a number, 7.6% address the user by
+name; devices mentioned in AC 35%, lights 32%, TV 24%, speaker 18%, security 11% of
+assistant turns; archetype silhouette 0.185; about 6 s of CPU.
 """
 from __future__ import annotations
 

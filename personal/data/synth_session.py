@@ -7,6 +7,7 @@ offer of the device the user then accepts), and so `alt_text` re-words the very 
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Optional
@@ -14,10 +15,13 @@ from typing import Optional
 from personal.data.schema import DEVICES, Actions, IntParam, Message, Routine, Session
 from personal.data.synth_render import Scene, decide_remarks, render_assistant, render_user
 from personal.data.synth_users import (Profile, matches, pick_device, sample_context,
-                                       spontaneous_settings, time_prior)
+                                       spontaneous_settings)
 
-#: Assistant turns per session (2–7; real sessions have about 4–14 messages).
+#: Assistant turns per session (2–7; real sessions have about 4–14 messages), for a user of
+#: average verbosity; talkative users have longer dialogues (`turn_weights`).
 TURN_WEIGHTS = {2: 0.2, 3: 0.3, 4: 0.24, 5: 0.13, 6: 0.08, 7: 0.05}
+#: The population's mean verbosity: users above it talk longer, users below it shorter.
+MEAN_VERBOSITY = 0.47
 #: Step of an adjustment ("a bit warmer") per integer parameter: (smallest, largest).
 ADJUST_STEP = {"temperature": (1, 2), "fan_speed": (1, 1), "brightness": (10, 20), "volume": (5, 15),
                "alarm_volume": (10, 20)}
@@ -252,13 +256,19 @@ def _realize(rng: random.Random, alt_rng: random.Random, p: Profile, meta: dict[
 
 def _spontaneous_context(rng: random.Random, p: Profile) -> dict[str, str]:
     """A context that matches none of the user's routines (else it would be a routine's)."""
-    prior = time_prior(p.archetype)
-    meta = sample_context(rng, {}, prior)
-    for _ in range(20):
+    meta = sample_context(rng, {}, p.context)
+    for _ in range(40):
         if not any(matches(r.triggers, meta) for r in p.routines):
             break
-        meta = sample_context(rng, {}, prior)
+        meta = sample_context(rng, {}, p.context)
     return meta
+
+
+def turn_weights(p: Profile) -> dict[int, float]:
+    """Weights of 2–7 assistant turns for this user: TURN_WEIGHTS tilted towards longer
+    dialogues the more talkative the user is."""
+    tilt = 1.2 * (p.style.verbosity - MEAN_VERBOSITY)
+    return {t: w * math.exp(tilt * (t - 4)) for t, w in TURN_WEIGHTS.items()}
 
 
 def make_session(rng: random.Random, alt_rng: random.Random, p: Profile, session_id: int) -> Session:
@@ -266,12 +276,13 @@ def make_session(rng: random.Random, alt_rng: random.Random, p: Profile, session
     if p.routines and rng.random() < p.routine_share:
         index = rng.choices(range(len(p.routines)), weights=p.routine_weights)[0]
         routine = p.routines[index]
-        meta = sample_context(rng, routine.triggers)
+        meta = sample_context(rng, routine.triggers, p.context)
         chunks, activity, applied = routine_chunks(rng, routine), p.activities[index], [index]
     else:
         meta = _spontaneous_context(rng, p)
         chunks, activity, applied = spontaneous_chunks(rng, p, meta), None, []
-    turns = rng.choices(list(TURN_WEIGHTS), weights=list(TURN_WEIGHTS.values()))[0]
+    weights = turn_weights(p)
+    turns = rng.choices(list(weights), weights=list(weights.values()))[0]
     steps = plan_session(rng, p, chunks, turns, bool(applied), meta)
     messages = _realize(rng, alt_rng, p, meta, steps, activity)
     return Session(session_id=session_id, meta=meta, messages=messages, applied_routines=applied)

@@ -5,6 +5,7 @@ function takes its `random.Random` from the caller, so nothing here touches glob
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -30,9 +31,15 @@ WEATHER_GIVEN_TEMP = {
     "warm": {"sunny": 0.5, "cloudy": 0.3, "rainy": 0.2},
     "hot": {"sunny": 0.75, "cloudy": 0.25},
 }
+#: The population's context prior per meta field (weather: multipliers of WEATHER_GIVEN_TEMP;
+#: sun phase: multipliers among the phases a time of day allows).
 PRIOR = {"time_of_day": {"morning": 0.3, "afternoon": 0.2, "evening": 0.32, "night": 0.18},
          "day_of_week": {"weekday": 5 / 7, "weekend": 2 / 7},
+         "sun_phase": {"before_sunrise": 1.0, "daylight": 1.0, "after_sunset": 1.0},
+         "weather": {"sunny": 1.0, "cloudy": 1.0, "rainy": 1.0, "snowy": 1.0},
          "outdoor_temp": {"very cold": 0.12, "cold": 0.25, "mild": 0.3, "warm": 0.2, "hot": 0.13}}
+#: Context weights in the layout of PRIOR (one user's, or the population's).
+ContextWeights = dict[str, dict[str, float]]
 
 
 def consistent(meta: dict[str, str]) -> bool:
@@ -45,28 +52,41 @@ def consistent(meta: dict[str, str]) -> bool:
     return not (temp and weather and weather not in WEATHER_GIVEN_TEMP[temp])
 
 
-def _weighted(rng: random.Random, weights: dict[str, float]) -> str:
+def _weighted(rng: random.Random, weights: dict[Any, float]) -> Any:
     keys = [k for k, w in weights.items() if w > 0]
     return rng.choices(keys, weights=[weights[k] for k in keys])[0]
 
 
+def context_weights(rng: random.Random, tilt: dict[str, dict[str, float]]) -> ContextWeights:
+    """One user's context prior: the population's, times the archetype's `tilt` (when its
+    members are at home asking for things, which weather makes them ask), times a personal
+    jitter of each weight — members of an archetype alike but not equal."""
+    return {f: {v: w * tilt.get(f, {}).get(v, 1.0) * math.exp(rng.gauss(0.0, 0.2))
+                for v, w in PRIOR[f].items()} for f in META_FIELDS}
+
+
+def _climate(rng: random.Random, weights: ContextWeights, temp: Optional[str],
+             weather: Optional[str]) -> tuple[str, str]:
+    """Outdoor temperature and weather drawn together (never hot snow), keeping fixed ones."""
+    pairs = {(t, w): weights["outdoor_temp"][t] * p * weights["weather"][w]
+             for t, given in WEATHER_GIVEN_TEMP.items() for w, p in given.items()
+             if temp in (None, t) and weather in (None, w)}
+    return _weighted(rng, pairs)
+
+
 def sample_context(rng: random.Random, fixed: dict[str, str],
-                   time_prior: Optional[dict[str, float]] = None) -> dict[str, str]:
-    """A full, consistent session context that keeps every field in `fixed`; the time of
-    day, when free, follows `time_prior` (default: the population's)."""
+                   weights: Optional[ContextWeights] = None) -> dict[str, str]:
+    """A full, consistent session context that keeps every field in `fixed`; free fields
+    follow `weights` (a user's `context_weights`; default: the population's prior)."""
     if not consistent(fixed):
         raise ValueError(f"inconsistent triggers {fixed}")
+    w = weights or PRIOR
     sun_fixed = fixed.get("sun_phase")
     tod = fixed.get("time_of_day") or _weighted(rng, {
-        t: w for t, w in (time_prior or PRIOR["time_of_day"]).items()
-        if sun_fixed is None or sun_fixed in SUN_FOR_TIME[t]})
-    sun = fixed.get("sun_phase") or rng.choice(SUN_FOR_TIME[tod])
-    weather = fixed.get("weather")
-    temp = fixed.get("outdoor_temp") or _weighted(rng, {
-        t: w * (WEATHER_GIVEN_TEMP[t].get(weather, 0.0) if weather else 1.0)
-        for t, w in PRIOR["outdoor_temp"].items()})
-    weather = weather or _weighted(rng, WEATHER_GIVEN_TEMP[temp])
-    dow = fixed.get("day_of_week") or _weighted(rng, PRIOR["day_of_week"])
+        t: x for t, x in w["time_of_day"].items() if sun_fixed is None or sun_fixed in SUN_FOR_TIME[t]})
+    sun = sun_fixed or _weighted(rng, {s: w["sun_phase"][s] for s in SUN_FOR_TIME[tod]})
+    temp, weather = _climate(rng, w, fixed.get("outdoor_temp"), fixed.get("weather"))
+    dow = fixed.get("day_of_week") or _weighted(rng, w["day_of_week"])
     return {"time_of_day": tod, "day_of_week": dow, "sun_phase": sun, "weather": weather,
             "outdoor_temp": temp}
 
@@ -124,6 +144,7 @@ class Profile:
     style: Style
     voice: Voice
     prefs: dict[str, Any]
+    context: ContextWeights = field(default_factory=dict)  # this user's context prior
     routines: list[Routine] = field(default_factory=list)
     activities: list[str] = field(default_factory=list)  # one per routine
     routine_weights: list[float] = field(default_factory=list)
@@ -152,7 +173,6 @@ def make_style(rng: random.Random, arch: Archetype) -> Style:
     prior = arch.style
     formality = _clip(rng.gauss(prior["formality"], 0.08))
     register = "f" if formality > 0.62 else "c" if formality < 0.38 else "n"
-    named = rng.random() < prior["name"]  # some users' assistants use the name often
 
     def around(centre: float, spread: float = 0.07) -> float:
         return _clip(rng.gauss(centre, spread), 0.02, 0.95)
@@ -160,7 +180,7 @@ def make_style(rng: random.Random, arch: Archetype) -> Style:
     return Style(
         verbosity=_clip(rng.gauss(prior["verbosity"], 0.08)), formality=formality,
         warmth=_clip(rng.gauss(prior["warmth"], 0.08)), register=register,
-        name_rate=rng.uniform(0.12, 0.26) if named else rng.uniform(0.01, 0.05),
+        name_rate=_clip(prior["name"] * math.exp(rng.gauss(0.0, 0.35)), 0.005, 0.4),
         question_rate=around(0.5 + 0.35 * prior["warmth"]),
         offer_rate=around(0.45 + 0.4 * prior["formality"]),
         activity_rate=around(0.08 + 0.35 * prior["warmth"], 0.05), history_rate=rng.uniform(0.15, 0.5),
@@ -190,18 +210,6 @@ def archetype_prefs(arch: Archetype) -> dict[str, Any]:
     return out
 
 
-def time_prior(arch: Archetype) -> dict[str, float]:
-    """When members of an archetype are at home asking for things: the times of day of its
-    routine templates, mixed half and half with the population's prior."""
-    weights = {t: 0.5 * w for t, w in PRIOR["time_of_day"].items()}
-    total = sum(arch.templates.values())
-    for key, w in arch.templates.items():
-        options = TEMPLATES[key].triggers.get("time_of_day") or tuple(PRIOR["time_of_day"])
-        for t in options:
-            weights[t] += 0.5 * w / total / len(options)
-    return weights
-
-
 def make_prefs(rng: random.Random, arch: Archetype) -> dict[str, Any]:
     """Preferred values (ints on their grid, categorical favourites) for one user."""
     ranges = archetype_prefs(arch)
@@ -209,44 +217,77 @@ def make_prefs(rng: random.Random, arch: Archetype) -> dict[str, Any]:
             for key, spec in ranges.items()}
 
 
+#: Which preference shifts a template's fixed range of a parameter: by the user's distance
+#: from the middle of that preference's default range (a loud-TV user has every TV routine
+#: louder), so setting ranges follow the archetype and the person, not only the template.
+SHIFTED_BY = {("lights", "brightness"): "light_shift", ("tv", "volume"): "tv_volume",
+              ("tv", "brightness"): "tv_brightness", ("speaker", "volume"): "speaker_volume",
+              ("security", "alarm_volume"): "alarm_volume", ("ac", "fan_speed"): "fan"}
+#: The categorical preference behind a template's "choice" of a parameter.
+CHOICE_PREF = {("lights", "color"): "light_color", ("lights", "mode"): "light_mode",
+               ("speaker", "equalizer"): "eq", ("tv", "input_source"): "tv_input"}
+
+
+def _shift(prefs: dict[str, Any], device: str, param: str, step: int) -> int:
+    key = SHIFTED_BY.get((device, param))
+    if key is None:
+        return 0
+    lo, hi, _ = DEFAULT_PREFS[key]
+    return step * round((prefs[key] - (lo + hi) / 2) / step)
+
+
+def _in_schema(value: int, device: str, param: str) -> int:
+    bounds = DEVICES[device][param]
+    return min(bounds.hi, max(bounds.lo, value))  # type: ignore[union-attr]
+
+
 def resolve_value(rng: random.Random, spec: tuple, prefs: dict[str, Any],
                   outdoor_temp: Optional[str], device: str, param: str) -> Any:
     """One concrete value of a template's value spec (see `synth_world`)."""
     kind = spec[0]
     if kind == "int":
-        return _grid(rng, *spec[1:])
+        return _in_schema(_grid(rng, *spec[1:]) + _shift(prefs, device, param, spec[3]), device, param)
     if kind == "const":
         return spec[1]
     if kind == "choice":
-        return rng.choice(spec[1])
+        key = CHOICE_PREF.get((device, param))
+        favourite = prefs[key] if key else None
+        return favourite if favourite in spec[1] and rng.random() < 0.7 else rng.choice(spec[1])
     if kind == "climate_mode":
         return climate_mode(outdoor_temp)
     if kind == "climate_temp":
         key = {"heat": "heat_temp", "cool": "cool_temp", "auto": "auto_temp"}[climate_mode(outdoor_temp)]
         spec = ("pref", key, spec[1])
     if spec[0] == "pref":  # the preference ± `jitter` steps of its grid, kept in the schema
-        step, bounds = DEFAULT_PREFS[spec[1]][2], DEVICES[device][param]
-        value = prefs[spec[1]] + step * rng.randint(-spec[2], spec[2])
-        return min(bounds.hi, max(bounds.lo, value))  # type: ignore[union-attr]
+        step = DEFAULT_PREFS[spec[1]][2]
+        return _in_schema(prefs[spec[1]] + step * rng.randint(-spec[2], spec[2]), device, param)
     if kind == "cpref":
         choices = DEVICES[device][param].choices  # type: ignore[union-attr]
         return prefs[spec[1]] if rng.random() < 0.8 else rng.choice(choices)
     raise ValueError(f"unknown value spec {spec!r}")
 
 
-def make_routine(rng: random.Random, tpl: RoutineTemplate, prefs: dict[str, Any]) -> Routine:
-    """An instance of `tpl`: triggers (always-set fields plus some optional ones) and the
-    user's values for its devices."""
+def make_routine(rng: random.Random, tpl: RoutineTemplate, prefs: dict[str, Any],
+                 context: Optional[ContextWeights] = None) -> Routine:
+    """An instance of `tpl`: triggers (always-set fields plus some optional ones, values
+    drawn by the user's `context` weights) and the user's values for its devices."""
+    w = context or PRIOR
+
+    def pick(f: str, opts: tuple[str, ...]) -> str:
+        return _weighted(rng, {o: w[f][o] for o in opts})
+
     for _ in range(50):
-        triggers = {f: rng.choice(opts) for f, opts in tpl.triggers.items()}
-        triggers.update({f: rng.choice(opts) for f, opts in tpl.optional.items() if rng.random() < 0.4})
+        triggers = {f: pick(f, opts) for f, opts in tpl.triggers.items()}
+        triggers.update({f: pick(f, opts) for f, opts in tpl.optional.items() if rng.random() < 0.4})
         if consistent(triggers):
             break
     else:
         raise ValueError(f"template {tpl.key} gives no consistent triggers")
     triggers = {f: triggers[f] for f in META_FIELDS if f in triggers}  # canonical field order
     devices = dict(tpl.devices)
-    devices.update({d: p for d, p in tpl.optional_devices.items() if rng.random() < 0.45})
+    # the AC is the device people touch most (DATA.md): an optional AC is kept more often
+    devices.update({d: p for d, p in tpl.optional_devices.items()
+                    if rng.random() < (0.6 if d == "ac" else 0.45)})
     outdoor = triggers.get("outdoor_temp")
     actions: Actions = {}
     for dev in DEVICES:  # schema order, so files do not depend on template writing order
@@ -257,12 +298,15 @@ def make_routine(rng: random.Random, tpl: RoutineTemplate, prefs: dict[str, Any]
 
 
 def make_routines(rng: random.Random, profile: Profile) -> None:
-    """3–6 routines: mostly the archetype's templates, sometimes one from another
-    archetype (individual variation); no two with the same triggers."""
+    """3–6 routines: the archetype's signature template (its heaviest: every early riser
+    has a wake-up routine, and it is the one they use most), more of its templates, and
+    sometimes one from another archetype (individual variation); no two with the same
+    triggers."""
     weights = dict(profile.archetype.templates)
     # orderly (formal) archetypes keep more routines
-    count = min(6, max(3, round(rng.gauss(3.2 + 2.6 * profile.archetype.style["formality"], 0.6))))
-    keys: list[str] = []
+    drawn = round(rng.gauss(3.2 + 2.6 * profile.archetype.style["formality"], 0.6))
+    count = min(6, len(weights), max(3, drawn))
+    keys: list[str] = [max(weights, key=weights.__getitem__)]
     while len(keys) < count:
         pool = {k: w for k, w in weights.items() if k not in keys}
         keys.append(_weighted(rng, pool))
@@ -272,14 +316,14 @@ def make_routines(rng: random.Random, profile: Profile) -> None:
     for key in keys:
         tpl = TEMPLATES[key]
         for _ in range(20):
-            routine = make_routine(rng, tpl, profile.prefs)
+            routine = make_routine(rng, tpl, profile.prefs, profile.context)
             if all(routine.triggers != r.triggers for r in profile.routines):
                 break
         else:
             continue  # this user cannot hold another distinct instance; skip the template
         profile.routines.append(routine)
         profile.activities.append(rng.choice(tpl.activities))
-        profile.routine_weights.append(rng.uniform(1.0, 3.0))
+        profile.routine_weights.append(rng.uniform(2.0, 4.0) if key == keys[0] else rng.uniform(1.0, 3.0))
 
 
 def character_sketch(p: Profile) -> str:
@@ -310,6 +354,7 @@ def make_profile(population: str, seed: int, index: int, arch: Archetype,
                 prefs=make_prefs(rng, arch),
                 routine_share=_clip(rng.gauss(0.66 + 0.2 * arch.style["formality"], 0.03)))
     p.affinity = {d: w * rng.uniform(0.75, 1.25) for d, w in arch.device_affinity.items()}
+    p.context = context_weights(rng, arch.context)
     make_routines(rng, p)
     return p
 
@@ -338,8 +383,8 @@ def _preferred(rng: random.Random, p: Profile, device: str, meta: dict[str, str]
     if device == "lights":
         dim = meta["sun_phase"] != "daylight" and meta["time_of_day"] in ("evening", "night")
         level = prefs["bright_low" if dim else "bright_high"] + 5 * rng.randint(-1, 1)
-        return {"brightness": min(100, max(0, level)), "color": prefs["light_color"],
-                "mode": rng.choice(("static", "dynamic"))}
+        mode = prefs["light_mode"] if rng.random() < 0.75 else rng.choice(("static", "dynamic"))
+        return {"brightness": min(100, max(0, level)), "color": prefs["light_color"], "mode": mode}
     if device == "tv":
         return {"volume": prefs["tv_volume"], "brightness": prefs["tv_brightness"],
                 "input_source": prefs["tv_input"]}
