@@ -1,0 +1,226 @@
+"""The training loop shared by base pretraining and adapter training: length-bucketed batches,
+masked causal-LM loss, AdamW with warmup + decay, clipping, validation and early stopping."""
+from __future__ import annotations
+
+import inspect
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from personal.models.chat import IGNORE
+
+Features = dict[str, list[int]]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python and torch (CPU and CUDA): initialisation and dropout become reproducible."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --- Batches --------------------------------------------------------------------------------
+
+def length_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator,
+                   shuffle: bool = True) -> list[list[int]]:
+    """Batches of indices with similar lengths (little padding). With `shuffle`, the order is
+    random per `generator`: shuffle, sort within windows of 50 batches, shuffle the batches."""
+    n = len(lengths)
+    order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
+    window = batch_size * 50
+    batches = []
+    for w in range(0, n, window):
+        chunk = sorted(order[w:w + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if shuffle:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+def collate(features: Sequence[Features], pad_id: int,
+            device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """LEFT-padded tensors with position ids that ignore the padding, so a row computes the
+    same as alone and every row's targets end in the last columns (see `masked_lm_loss`)."""
+    width = max(len(f["input_ids"]) for f in features)
+    ids, labels, mask = [], [], []
+    for f in features:
+        pad = width - len(f["input_ids"])
+        ids.append([pad_id] * pad + list(f["input_ids"]))
+        labels.append([IGNORE] * pad + list(f.get("labels", [IGNORE] * len(f["input_ids"]))))
+        mask.append([0] * pad + [1] * len(f["input_ids"]))
+    attention = torch.tensor(mask, dtype=torch.long)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": torch.tensor(ids, device=device),
+            "labels": torch.tensor(labels, device=device),
+            "attention_mask": attention.to(device), "position_ids": positions.to(device)}
+
+
+# --- Loss -----------------------------------------------------------------------------------
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
+def masked_lm_loss(model: torch.nn.Module,
+                   batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(mean next-token loss over labelled tokens, their count). Logits are computed only
+    for the columns that hold targets: with left padding those are the last ones, and the
+    output head over a large vocabulary is the costliest part of a small model."""
+    labels = batch["labels"]
+    labelled = (labels[:, 1:] != IGNORE).any(0).nonzero()
+    first = int(labelled[0]) if len(labelled) else labels.shape[1] - 1
+    keep = labels.shape[1] - first  # logits at positions first .. end predict first+1 .. end
+    kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], use_cache=False, **kwargs)
+    logits = out.logits[:, -keep:-1] if keep > 1 else out.logits[:, :0]
+    target = labels[:, labels.shape[1] - keep + 1:]
+    n = int((target != IGNORE).sum())
+    if n == 0:
+        return logits.sum() * 0.0, 0
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+    return loss / n, n
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, features: Sequence[Features], batch_size: int,
+                  pad_id: int) -> float:
+    """Token-weighted mean loss of `model` on `features` (dropout off)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    lengths = [len(f["input_ids"]) for f in features]
+    total, count = 0.0, 0
+    for idx in length_batches(lengths, batch_size, torch.Generator(), shuffle=False):
+        loss, n = masked_lm_loss(model, collate([features[i] for i in idx], pad_id, device))
+        total, count = total + float(loss) * n, count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+# --- Schedule and loop ----------------------------------------------------------------------
+
+def lr_factor(step: int, total: int, warmup: int, decay: str) -> float:
+    """Multiplier of the peak lr at `step`: linear warmup, then linear or cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    if decay == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return max(0.0, 1.0 - progress)
+
+
+@dataclass
+class LoopSettings:
+    """What one run of `train_loop` does (filled from PretrainConfig or TrainConfig)."""
+
+    lr: float
+    epochs: float
+    batch_size: int
+    warmup_frac: float
+    weight_decay: float
+    max_grad_norm: float
+    seed: int
+    decay: str = "linear"
+    max_steps: int = 0
+    eval_every: int = 0
+    patience: int = 0
+
+
+@dataclass
+class LoopResult:
+    """What happened: losses per step, validation losses, the best one and where."""
+
+    train_losses: list[tuple[int, float]] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    best_val_loss: Optional[float] = None
+    best_step: int = 0
+    steps: int = 0
+    examples_seen: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def total_steps(n_examples: int, s: LoopSettings) -> int:
+    """Optimiser steps of a run: `epochs` passes (fractions allowed), capped by max_steps."""
+    per_epoch = math.ceil(n_examples / s.batch_size)
+    steps = max(1, math.ceil(per_epoch * s.epochs))
+    return min(steps, s.max_steps) if s.max_steps > 0 else steps
+
+
+def train_loop(model: torch.nn.Module, train: Sequence[Features], val: Sequence[Features],
+               s: LoopSettings, pad_id: int, progress: bool = True,
+               desc: str = "train") -> LoopResult:
+    """Train the parameters of `model` that require grad. With `val` and `patience` > 0,
+    stop after `patience` checks without improvement and restore the best weights (the
+    initial weights count as a check, so training can never make the result worse on val)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    total = total_steps(len(train), s)
+    warmup = int(total * s.warmup_frac)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, total, warmup, s.decay))
+    gen = torch.Generator().manual_seed(s.seed)
+    lengths = [len(f["input_ids"]) for f in train]
+    device = next(model.parameters()).device
+    per_epoch = math.ceil(len(train) / s.batch_size)
+    every = s.eval_every if s.eval_every > 0 else per_epoch
+    res, start = LoopResult(), time.perf_counter()
+    tracker = _BestTracker(model, val, s, pad_id, res)
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    model.train()
+    tracker.check(0)
+    while res.steps < total and not res.stopped_early:
+        for idx in length_batches(lengths, s.batch_size, gen):
+            loss, _ = masked_lm_loss(model, collate([train[i] for i in idx], pad_id, device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+            res.steps, res.examples_seen = res.steps + 1, res.examples_seen + len(idx)
+            res.train_losses.append((res.steps, float(loss.detach())))
+            bar.update(1), bar.set_postfix(loss=f"{res.train_losses[-1][1]:.3f}")
+            if res.steps % every == 0 or res.steps == total:
+                tracker.check(res.steps)
+            if res.steps >= total or res.stopped_early:
+                break
+    bar.close()
+    tracker.restore()
+    res.seconds = time.perf_counter() - start
+    return res
+
+
+class _BestTracker:
+    """Validation checks, patience and a copy of the best trainable weights."""
+
+    def __init__(self, model: torch.nn.Module, val: Sequence[Features], s: LoopSettings,
+                 pad_id: int, res: LoopResult):
+        self.model, self.val, self.s, self.pad_id, self.res = model, val, s, pad_id, res
+        self.best: Optional[dict[str, torch.Tensor]] = None
+        self.bad_checks = 0
+
+    def check(self, step: int) -> None:
+        if not self.val or (self.res.val_losses and self.res.val_losses[-1][0] == step):
+            return
+        loss = evaluate_loss(self.model, self.val, self.s.batch_size, self.pad_id)
+        self.res.val_losses.append((step, loss))
+        if self.res.best_val_loss is None or loss < self.res.best_val_loss:
+            self.res.best_val_loss, self.res.best_step, self.bad_checks = loss, step, 0
+            self.best = {n: p.detach().clone() for n, p in self.model.named_parameters()
+                         if p.requires_grad}
+        else:
+            self.bad_checks += 1
+            self.res.stopped_early = 0 < self.s.patience <= self.bad_checks
+
+    def restore(self) -> None:
+        if self.best is None:
+            return
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.best.items():
+                params[name].copy_(value)
