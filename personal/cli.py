@@ -200,16 +200,15 @@ def base_pretrain(config: Optional[Path] = CONFIG_OPT, overrides: List[str] = OV
                   quiet: bool = QUIET_OPT) -> None:
     """Pretrain the built-in base model on the background population (cached)."""
     from personal.experiment.context import ensure_population
-    from personal.data.validate import load_dataset
-    from personal.models.base import load_base, base_cache_dir
+    from personal.models.base import base_cache_dir, load_base
 
     _logging(quiet)
     cfg = _config(config, overrides)
     if cfg.model.base != "tiny":
         raise PersonalError(f"model.base={cfg.model.base!r} is a pretrained model; only the "
                             "built-in `tiny` base is pretrained here")
-    background = load_dataset(ensure_population(cfg.data.background_path, cfg, "background"))
-    load_base(cfg, background=background, allow_pretrain=True)
+    background = ensure_population(cfg.data.background_path, cfg, "background")
+    load_base(cfg, background=background, allow_pretrain=True, progress=not quiet)
     typer.echo(f"base model ready: {base_cache_dir(cfg, background)}")
 
 

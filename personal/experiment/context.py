@@ -113,11 +113,10 @@ class Context:
 
         background = None
         if self.cfg.model.base == "tiny":
-            from personal.data.validate import load_dataset
-
-            background = load_dataset(
-                ensure_population(self.cfg.data.background_path, self.cfg, "background"))
-        return load_base(self.cfg, background=background, allow_pretrain=True)
+            # the folder, not a loaded Dataset: a cache hit then costs one hash of its bytes
+            background = ensure_population(self.cfg.data.background_path, self.cfg, "background")
+        return load_base(self.cfg, background=background, allow_pretrain=True,
+                         progress=self.progress)
 
     @property
     def base_key(self) -> str:

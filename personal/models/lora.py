@@ -87,7 +87,8 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, train_examples: Sequence[
     seed_everything(train_cfg.seed)
     adapted = attach_lora(model, lora_cfg)
     train = [fmt.encode(tokenizer, ex) for ex in train_examples]
-    val = [fmt.encode(tokenizer, ex) for ex in val_examples]
+    val = [fmt.encode(tokenizer, ex) for ex in spread_sample(val_examples,
+                                                              train_cfg.max_val_examples)]
     loop = train_loop(adapted, train, val, train_settings(train_cfg), _pad_id(tokenizer),
                       progress=progress, desc="train adapter")
     adapted.eval()
@@ -95,6 +96,15 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, train_examples: Sequence[
     if out_dir is not None:
         result.adapter_dir = str(save_adapter(adapted, out_dir, result))
     return result
+
+
+def spread_sample(items: Sequence[Any], limit: int) -> list[Any]:
+    """At most `limit` items, evenly spread over the sequence (all when limit is 0): every
+    user keeps a share of a validation set ordered by user."""
+    if not limit or len(items) <= limit:
+        return list(items)
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
 
 
 def save_adapter(model: peft.PeftModel, out_dir: str | Path, result: TrainResult) -> Path:

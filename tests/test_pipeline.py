@@ -1,0 +1,52 @@
+"""The whole pipeline on a tiny run: data -> base -> unified adapter -> eval -> report, and
+the same command again resumes without redoing finished units."""
+import json
+
+import pytest
+import torch
+
+from personal.config import load_config
+from personal.experiment import pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("pipe")
+    return load_config(None, [
+        f"data.path={root}/eval", f"data.background_path={root}/bg", "data.users=3",
+        "data.sessions=6", "data.background_users=4", "model.hidden_size=32",
+        "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
+        "model.vocab_size=400", f"model.cache_dir={root}/cache", "pretrain.epochs=1",
+        "train.epochs=1", "train.batch_size=8", "generation.max_new_tokens=8",
+        "eval.bootstrap=50"]), root
+
+
+def test_run_trains_evaluates_reports_and_resumes(tiny_cfg):
+    cfg, root = tiny_cfg
+    run = root / "run"
+    report = pipeline.run_plan(cfg, run, ["base", "unified_lora"])
+    text = report.read_text()
+    assert "| unified_lora |" in text and "| base |" in text and "noise ceiling" in text
+    assert (run / "report.html").read_text().count("data:image/png;base64") >= 2
+    # one prediction record per test turn, for each strategy, with its metrics
+    preds = [json.loads(line) for line in (run / "predictions" / "unified_lora.jsonl").open()]
+    assert preds and all({"persona_id", "prompt_hash", "prediction", "reference", "emb_sim"}
+                         <= set(p) for p in preds)
+    assert (run / "adapters" / "unified_lora" / "adapter_config.json").is_file()
+    summary = json.loads((run / "metrics" / "unified_lora_summary.json").read_text())
+    assert summary["users"] == 3 and summary["examples"] == len(preds)
+
+    finished = {f.name: f.stat().st_mtime_ns for f in (run / "units").glob("*.json")}
+    adapter_mtime = (run / "adapters/unified_lora/adapter_model.safetensors").stat().st_mtime_ns
+    pipeline.run_plan(cfg, run, ["base", "unified_lora"])          # the same command again
+    assert {f.name: f.stat().st_mtime_ns for f in (run / "units").glob("*.json")} == finished
+    assert (run / "adapters/unified_lora/adapter_model.safetensors").stat().st_mtime_ns \
+        == adapter_mtime
+
+    changed = load_config(None, ["lora.rank=2"]).lora
+    cfg2 = type(cfg)(**{**cfg.__dict__, "lora": changed})
+    pipeline.run_plan(cfg2, run, ["unified_lora"])                 # changed inputs: re-run
+    assert (run / "adapters/unified_lora/adapter_model.safetensors").stat().st_mtime_ns \
+        != adapter_mtime
+    assert json.loads((run / "adapters/unified_lora/adapter_config.json").read_text())["r"] == 2
