@@ -23,6 +23,18 @@ NIGHT = {"time_of_day": "night", "day_of_week": "weekend", "sun_phase": "after_s
          "weather": "rainy", "outdoor_temp": "mild"}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models gain nothing from more threads, and lose a lot on a shared 2-core CPU;
+    one thread also keeps CPU results bit-for-bit repeatable."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _fixed_seeds():
     random.seed(0)

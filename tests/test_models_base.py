@@ -16,15 +16,6 @@ from personal.models.generate import generate
 from personal.models.pretrain import pretrain_base
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from more threads, and lose a lot on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 ASKS = ["Set the lights to {} percent please.", "Turn the TV volume to {}.",
         "Make the speaker volume {} please."]
 REPLIES = ["I've set the lights to {}% for you.", "The TV volume is now {}.",

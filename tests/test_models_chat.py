@@ -2,7 +2,6 @@
 import dataclasses
 
 import pytest
-import torch
 
 from personal.config import Config
 from personal.data.schema import Example, Message
@@ -10,15 +9,6 @@ from personal.errors import PersonalError
 from personal.models.chat import (IGNORE, PromptFormat, build_prompt_ids, encode_dialogue,
                                   encode_example, render_context)
 from personal.models.tokenizer import END, train_tokenizer
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from more threads, and lose a lot on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 SENTENCES = [

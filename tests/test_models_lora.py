@@ -15,15 +15,6 @@ from personal.models.lora import train_lora
 from personal.models.training import collate, evaluate_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from more threads, and lose a lot on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SENTENCES = [
     "Set the lights to 40 percent please.", "Could you warm the room up?",
     "Turn the TV to Netflix.", "Arm the security system.",

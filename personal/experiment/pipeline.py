@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+
 
 from personal.config import Config, to_dict
 from personal.experiment.context import Context
