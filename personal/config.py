@@ -196,6 +196,10 @@ class RayConfig:
     """Give each worker a GPU."""
     cpus_per_worker: int = 1
     """CPUs per worker."""
+    max_failures: int = 2
+    """Ray Train FailureConfig: restarts of a dead worker (from its last checkpoint)."""
+    deepspeed: Optional[str] = None
+    """Path of a DeepSpeed ZeRO JSON for the unified model (GPUs only; skipped on CPU)."""
 
 
 @dataclass

@@ -1,0 +1,130 @@
+"""The unified adapter with DeepSpeed ZeRO on GPUs (Ray Train workers, one GPU each).
+
+Select it with a ZeRO config file: `ray.deepspeed: configs/deepspeed_zero2.json` (with
+`ray.use_gpu: true`), see configs/ray_deepspeed.yaml. The peft model's trainable LoRA weights
+and their AdamW states are partitioned across workers (ZeRO stage 1 or 2; the frozen base stays
+whole on every GPU, so stage 3 brings nothing for LoRA and is refused). Batches, schedule and
+seed are those of the default path: worker r takes rows r, r+W, ... of every global batch.
+On CPU, or without the `deepspeed` package, it stops with a message saying so; the default
+data-parallel path (personal.distributed.unified) needs neither.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from personal.errors import PersonalError
+
+ADAPTER = "adapters/unified_lora"
+
+
+def read_zero_config(path: str | Path, train_cfg: Any, world: int) -> dict[str, Any]:
+    """The ZeRO JSON with the run's batch size, clipping and lr filled in (so the YAML stays
+    the one source of the schedule); stage 3 is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise PersonalError(f"ray.deepspeed={path}: DeepSpeed config file not found")
+    try:
+        ds = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise PersonalError(f"{path}: not valid JSON: line {err.lineno}: {err.msg}") from None
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2):
+        raise PersonalError(f"{path}: zero_optimization.stage={stage}; LoRA keeps the frozen "
+                            f"base on every GPU, use stage 1 or 2")
+    ds["train_batch_size"] = train_cfg.batch_size
+    ds["train_micro_batch_size_per_gpu"] = max(1, math.ceil(train_cfg.batch_size / world))
+    ds["gradient_accumulation_steps"] = 1
+    ds["gradient_clipping"] = train_cfg.max_grad_norm
+    return ds
+
+
+def check_deepspeed(cfg: Any) -> str:
+    """The ZeRO config path when the DeepSpeed path can run here; else a PersonalError that
+    says why (no GPU asked for, no CUDA, no deepspeed package)."""
+    path = getattr(cfg.ray, "deepspeed", None)
+    if not path:
+        raise PersonalError("ray.deepspeed is not set: the DeepSpeed path needs a ZeRO config")
+    if not cfg.ray.use_gpu:
+        raise PersonalError("ray.deepspeed needs ray.use_gpu=true: DeepSpeed ZeRO runs on CUDA "
+                            "GPUs only (on CPU, leave ray.deepspeed unset)")
+    if not torch.cuda.is_available():
+        raise PersonalError("ray.deepspeed: no CUDA device on this machine; DeepSpeed is "
+                            "skipped on CPU (leave ray.deepspeed unset to train data-parallel)")
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise PersonalError("ray.deepspeed: the deepspeed package is not installed "
+                            "(pip install -e '.[gpu]')") from None
+    return str(path)
+
+
+def deepspeed_worker(config: dict) -> None:
+    """Ray Train per-worker function: the unified adapter under a DeepSpeed engine."""
+    import deepspeed
+    import ray.train
+
+    from personal.distributed.runtime import worker_context
+    from personal.models.lora import TrainResult, attach_lora, save_adapter, train_settings
+    from personal.models.training import (LoopResult, collate, length_batches,
+                                          masked_lm_loss, seed_everything, total_steps)
+
+    ctx = worker_context(config["cfg"], config["run"])
+    tc = ray.train.get_context()
+    rank, world = tc.get_world_rank(), tc.get_world_size()
+    cfg, device = ctx.cfg, torch.device("cuda", tc.get_local_rank())
+    model, tok = ctx.base
+    seed_everything(cfg.train.seed)
+    peft_model = attach_lora(model.to(device), cfg.lora)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    s = train_settings(cfg.train)
+    fmt = ctx.prompt_format()
+    train = [fmt.encode(tok, e) for e in ctx.examples("train", ctx.training_personas())]
+    total = total_steps(len(train), s)
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(model=peft_model, optimizer=opt,
+                                           config=read_zero_config(config["zero"], cfg.train, world))
+    gen, res = torch.Generator().manual_seed(s.seed), LoopResult()
+    lengths = [len(f["input_ids"]) for f in train]
+    while res.steps < total:
+        for idx in length_batches(lengths, s.batch_size, gen):
+            local = idx[rank::world] or idx[:1]
+            loss, _ = masked_lm_loss(engine, collate([train[i] for i in local],
+                                                     tok.pad_token_id, device))
+            engine.backward(loss)
+            engine.step()
+            res.steps += 1
+            res.train_losses.append((res.steps, float(loss)))
+            if res.steps >= total:
+                break
+    ray.train.report({"step": res.steps, "train_loss": res.train_losses[-1][1]})
+    if rank == 0:
+        save_adapter(peft_model, ctx.run.path / ADAPTER, TrainResult(model=peft_model, **vars(res)))
+
+
+def train_unified_deepspeed_on_ray(ctx, max_failures: int = 1) -> dict:
+    """Train the unified adapter with DeepSpeed ZeRO on `cfg.ray.num_workers` GPU workers."""
+    from ray.train import FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from personal.distributed.runtime import config_payload, scaling_config, storage_dir
+
+    zero = str(Path(check_deepspeed(ctx.cfg)).resolve())
+    run = ctx.run.path.resolve()
+    result = TorchTrainer(
+        deepspeed_worker,
+        train_loop_config={"cfg": config_payload(ctx.cfg), "run": str(run), "zero": zero},
+        scaling_config=scaling_config(ctx.cfg),
+        run_config=RunConfig(name="unified_lora-deepspeed", storage_path=storage_dir(run),
+                             failure_config=FailureConfig(max_failures=max_failures))).fit()
+    if result.error is not None:
+        raise PersonalError(f"unified_lora with DeepSpeed failed: {result.error}")
+    return json.loads((run / ADAPTER / "training.json").read_text(encoding="utf-8"))
+
+
+def uses_deepspeed(cfg: Any) -> Optional[str]:
+    return getattr(cfg.ray, "deepspeed", None)

@@ -1,0 +1,136 @@
+"""The Ray runtime and what workers need to rebuild a run: absolute configs, worker contexts,
+resources and storage folders.
+
+Work is shipped to Ray workers as (resolved config dict, run path), never as closures: every
+worker rebuilds the same `Context` from the files, which is deterministic.
+
+    with ray_runtime(cfg, temp_dir=run / "ray"):       # local runtime, or cfg.ray.address
+        train_unified_on_ray(cfg, run)
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from personal.config import Config, from_dict, to_dict
+from personal.errors import PersonalError
+
+log = logging.getLogger("personal")
+
+#: Config fields holding filesystem paths: made absolute before a config leaves the driver,
+#: because Ray workers run in their own working directories.
+PATH_FIELDS = (("data", "path"), ("data", "splits"), ("data", "background_path"),
+               ("model", "cache_dir"))
+
+
+def absolute_config(cfg: Config, root: Optional[Path] = None) -> Config:
+    """A copy of `cfg` whose data/cache paths (and a local `model.base` folder) are absolute."""
+    root = Path(root or Path.cwd())
+    for section, name in PATH_FIELDS:
+        value = getattr(getattr(cfg, section), name)
+        if value:
+            sub = dataclasses.replace(getattr(cfg, section), **{name: str((root / value).resolve())})
+            cfg = dataclasses.replace(cfg, **{section: sub})
+    base = cfg.model.base
+    if base != "tiny" and (root / base).exists():
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, base=str((root / base).resolve())))
+    return cfg
+
+
+def config_payload(cfg: Config) -> dict[str, Any]:
+    """The config as a plain dict (what travels to workers)."""
+    return to_dict(absolute_config(cfg))
+
+
+def config_from_payload(payload: dict[str, Any]) -> Config:
+    return from_dict(Config, payload, where="worker config")
+
+
+def worker_context(payload: dict[str, Any], run_path: str | Path):
+    """The run's Context rebuilt on a worker from (config dict, run path), without reopening
+    the run (no provenance rewrite, no log handler): the driver already did both."""
+    from personal.data.validate import load_dataset
+    from personal.experiment.context import (Context, data_fingerprint, ensure_population,
+                                             load_splits)
+    from personal.experiment.runs import Run
+
+    cfg = config_from_payload(payload)
+    data_path = ensure_population(cfg.data.path, cfg, "eval")
+    ds = load_dataset(data_path)
+    splits, splits_path = load_splits(cfg, ds, data_path)
+    return Context(cfg, Run(Path(run_path)), ds, splits, data_fingerprint(data_path, splits_path))
+
+
+def prepare_base(ctx) -> None:
+    """Make sure the built-in base is pretrained and cached before workers start, so they
+    load it instead of pretraining it concurrently."""
+    if ctx.cfg.model.base == "tiny":
+        ctx.base  # noqa: B018  (cached_property: pretrains once, then loads from the cache)
+
+
+def worker_resources(cfg: Config) -> dict[str, float]:
+    """Resources of one Ray Train worker from `cfg.ray`."""
+    res: dict[str, float] = {"CPU": float(cfg.ray.cpus_per_worker)}
+    if cfg.ray.use_gpu:
+        res["GPU"] = 1.0
+    return res
+
+
+def scaling_config(cfg: Config, num_workers: Optional[int] = None):
+    """Ray Train ScalingConfig from `cfg.ray` (workers, GPUs, CPUs per worker)."""
+    from ray.train import ScalingConfig
+
+    n = num_workers or cfg.ray.num_workers
+    if n < 1:
+        raise PersonalError(f"ray.num_workers={n}: need at least one worker")
+    return ScalingConfig(num_workers=n, use_gpu=cfg.ray.use_gpu,
+                         resources_per_worker=worker_resources(cfg))
+
+
+def storage_dir(run_path: str | Path) -> str:
+    """Where Ray Train/Tune keep checkpoints and results: inside the run (absolute)."""
+    path = Path(run_path).resolve() / "ray"
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+@contextlib.contextmanager
+def ray_runtime(address: Optional[str] = None, num_cpus: Optional[int] = None,
+                temp_dir: Optional[str | Path] = None) -> Iterator[None]:
+    """Connect to `address` (or RAY_ADDRESS), or start a local runtime in-process with
+    `num_cpus` and its temp files under `temp_dir`; shut down on exit only what was started
+    here. An already initialised Ray is reused as it is."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        if temp_dir is not None:
+            # Unix socket paths are limited to ~107 bytes: keep the temp root short.
+            Path(temp_dir).mkdir(parents=True, exist_ok=True)
+            kwargs["_temp_dir"] = str(Path(temp_dir).resolve())
+        ray.init(num_cpus=num_cpus, **kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def is_rank_zero() -> bool:
+    """True outside Ray Train and on its world rank 0."""
+    try:
+        import ray.train
+
+        return ray.train.get_context().get_world_rank() == 0
+    except Exception:  # noqa: BLE001 - not inside a Ray Train worker
+        return True

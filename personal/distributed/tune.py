@@ -1,0 +1,186 @@
+"""Ablations with Ray Tune: a grid over dotted config keys, each trial a full train +
+validation evaluation of a strategy in its own run directory, one results table and an
+ablation plot in the sweep's report. An interrupted sweep resumes (Tuner.restore), and every
+trial's own units resume from their run directory.
+
+    grid = parse_grid(["lora.rank=[2,4,8]", "train.lr=[1e-3,1e-2]"])
+    out = run_sweep(cfg, "runs/sweep", grid)          # runs/sweep/sweep/results.csv, report.md
+
+Trial resources come from `cfg.ray`: a trial that trains in-process asks for
+`ray.cpus_per_worker` CPUs (and a GPU with `ray.use_gpu`, or `gpu_per_trial` of one); a trial
+that wraps a multi-worker TorchTrainer asks for no CPU itself (its workers hold them) — a
+trial holding a CPU that its own workers need deadlocks a small machine.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from personal.config import Config, ConfigError, set_dotted
+from personal.errors import PersonalError
+from personal.experiment.runs import stable_hash
+
+
+def parse_grid(items: Sequence[str], cfg: Optional[Config] = None) -> dict[str, list]:
+    """`key=[a,b,c]` items -> {key: [a, b, c]}; every value is checked against the config."""
+    grid: dict[str, list] = {}
+    cfg = cfg or Config()
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"sweep item '{item}' is not of the form key=[v1,v2,...]")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        try:
+            values = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"sweep item '{item}': not a YAML list: {err}") from None
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep item '{key}' needs a non-empty list of values, got {raw!r}")
+        # A wrong key or value fails now, naming the key; values are kept as the config
+        # coerces them (YAML reads `1e-3` as a string).
+        grid[key] = [get_dotted(set_dotted(cfg, key, v), key) for v in values]
+    return grid
+
+
+def get_dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = cfg[part] if isinstance(cfg, dict) else getattr(cfg, part)
+    return cfg
+
+
+def trial_config(cfg: Config, params: dict[str, Any]) -> Config:
+    """The sweep's config with one trial's values, evaluated on the validation split."""
+    for key, value in params.items():
+        cfg = set_dotted(cfg, key, value)
+    return set_dotted(cfg, "eval.split", "val")
+
+
+def trial_name(params: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in params.items())
+
+
+def trial_resources(cfg: Config, gpu_per_trial: float = 0.0) -> dict[str, float]:
+    """Resources one trial asks Tune for (see the module docstring)."""
+    if cfg.ray.num_workers > 1:
+        return {"CPU": 0.0}
+    res = {"CPU": float(cfg.ray.cpus_per_worker)}
+    gpus = gpu_per_trial or (1.0 if cfg.ray.use_gpu else 0.0)
+    if gpus:
+        res["GPU"] = gpus
+    return res
+
+
+def sweep_trial(config: dict) -> None:
+    """Tune function trainable: train + evaluate one trial, report its macro metrics."""
+    import torch
+    from ray import tune
+
+    from personal.distributed.executor import train_and_evaluate
+    from personal.distributed.runtime import config_from_payload
+    from personal.experiment.context import Context
+
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    params = {k: config[f"p{i}"] for i, k in enumerate(config["keys"])}
+    cfg = trial_config(config_from_payload(config["cfg"]), params)
+    run = Path(config["root"]) / "trials" / stable_hash(params)
+    ctx = Context.create(cfg, run)
+    summary = train_and_evaluate(ctx, config["strategy"], use_ray=cfg.ray.num_workers > 1)
+    tune.report({k: v for k, v in summary["macro"].items() if _finite(v)}
+                | {"examples": summary["examples"], "trial_run": str(run)})
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def run_sweep(cfg: Config, run_path: str | Path, grid: dict[str, list], *,
+              strategy: str = "unified_lora", metric: str = "emb_sim",
+              max_concurrent: int = 0, gpu_per_trial: float = 0.0) -> dict[str, Any]:
+    """Run (or resume) the grid; write `sweep/results.csv|json` and `sweep/report.md|html`
+    into the run; returns {"rows", "table", "report"}. Needs an initialised Ray."""
+    from ray import tune
+
+    from personal.distributed.runtime import (config_payload, prepare_base, storage_dir,
+                                              worker_context)
+
+    if not grid:
+        raise PersonalError("run_sweep: empty grid (give key=[v1,v2,...] items)")
+    root = Path(run_path).resolve()
+    prepare_base(worker_context(config_payload(cfg), root))  # data, splits, base made once
+    keys = list(grid)
+    space = {"cfg": config_payload(cfg), "root": str(root), "strategy": strategy,
+             "keys": keys, "threads": cfg.ray.cpus_per_worker}
+    space |= {f"p{i}": tune.grid_search(grid[k]) for i, k in enumerate(keys)}
+    trainable = tune.with_resources(sweep_trial, trial_resources(cfg, gpu_per_trial))
+    name = f"sweep-{stable_hash(keys, grid, strategy, space['cfg'])}"
+    path = Path(storage_dir(root)) / name
+    if tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(trainable, param_space=space,
+                           tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or None),
+                           run_config=tune.RunConfig(name=name, storage_path=storage_dir(root)))
+    results = tuner.fit()
+    rows = [trial_row(r, keys) for r in results]
+    rows.sort(key=lambda r: [str(r[k]) for k in keys])
+    return {"rows": rows, **write_results(root / "sweep", rows, keys, metric)}
+
+
+#: Bookkeeping fields Tune adds to every result: not part of the table.
+TUNE_FIELDS = {"date", "hostname", "node_ip", "pid", "config", "checkpoint_dir_name", "done",
+               "training_iteration", "trial_id", "iterations_since_restore", "time_this_iter_s",
+               "time_total_s", "time_since_restore", "timestamp"}
+
+
+def trial_row(result, keys: list[str]) -> dict[str, Any]:
+    """One table row: the trial's values, its name, its metrics (or its error)."""
+    params = {k: result.config[f"p{i}"] for i, k in enumerate(keys)}
+    row = dict(params) | {"trial": trial_name(params)}
+    if result.error is not None:
+        return row | {"error": str(result.error).strip().splitlines()[0]}
+    return row | {k: v for k, v in (result.metrics or {}).items() if k not in TUNE_FIELDS}
+
+
+def ablation_points(rows: list[dict], keys: list[str], metric: str) -> dict[str, list]:
+    """Per numeric key: (value, mean metric over the other keys' values)."""
+    out = {}
+    for key in keys:
+        values = sorted({r[key] for r in rows if metric in r}, key=str)
+        if not values or not all(isinstance(v, (int, float)) for v in values):
+            continue
+        out[key] = [(v, sum(r[metric] for r in rows if r[key] == v and metric in r)
+                     / max(1, sum(1 for r in rows if r[key] == v and metric in r)))
+                    for v in values]
+    return out
+
+
+def write_results(out: Path, rows: list[dict], keys: list[str], metric: str) -> dict[str, str]:
+    """One table (CSV + JSON) and a report with the ablation curves."""
+    from personal.eval.report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    columns = keys + ["trial"] + sorted({c for r in rows for c in r} - set(keys) - {"trial"})
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    (out / "results.json").write_text(json.dumps(rows, indent=1, default=str) + "\n",
+                                      encoding="utf-8")
+    summary = {r["trial"]: {k: v for k, v in r.items() if _finite(v) and k not in keys}
+               for r in rows if metric in r}
+    paths = {"table": str(out / "results.csv")}
+    if summary:
+        md, _ = write_report(summary, {}, {}, out, ablations=ablation_points(rows, keys, metric)
+                             or None, reference=next(iter(summary)), metric=metric,
+                             title="Ablations (validation split)")
+        paths["report"] = str(md)
+    return paths
+
+
+def grid_size(grid: dict[str, list]) -> int:
+    return len(list(itertools.product(*grid.values())))
