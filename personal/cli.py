@@ -282,8 +282,11 @@ def report(run: Path = typer.Argument(..., help="Run directory with evaluated st
 def run_main(plan: str = typer.Option("baseline", "--plan", help="Which strategies to run."),
              data: Optional[Path] = typer.Option(None, "--data", help="Data folder (data.path)."),
              run: Path = typer.Option(Path("runs/main"), "--run", help="Run directory."),
-             address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address "
-                                                   "(the Ray executor is not built yet)."),
+             address: Optional[str] = typer.Option(None, "--address", help="Run on the Ray "
+                                                   "cluster at this address (Ray executor)."),
+             ray: bool = typer.Option(False, "--ray", help="Use the Ray executor on a local "
+                                      "runtime started in-process (default: in-process, "
+                                      "no Ray)."),
              config: Optional[Path] = CONFIG_OPT, overrides: List[str] = OVERRIDES_ARG,
              quiet: bool = QUIET_OPT) -> None:
     """The main job: data, base model, every strategy of the plan, evaluation, report."""
@@ -291,14 +294,43 @@ def run_main(plan: str = typer.Option("baseline", "--plan", help="Which strategi
 
     if plan not in PLANS:
         raise PersonalError(f"unknown plan {plan!r} (known: {', '.join(PLANS)})")
-    if address:
-        raise PersonalError("--address: running on a Ray cluster comes with the Ray issue and "
-                            "is not built yet")
     _logging(quiet)
     t0 = time.perf_counter()
-    path = run_plan(_config(config, overrides, data), run, PLANS[plan])
+    cfg = _config(config, overrides, data)
+    if address or ray:
+        from personal.distributed.executor import run_experiment
+
+        path = run_experiment(cfg, run, PLANS[plan], address=address)
+    else:
+        path = run_plan(cfg, run, PLANS[plan])
     typer.echo(path.read_text(encoding="utf-8"))
     typer.echo(f"report: {path} ({time.perf_counter() - t0:.0f}s)")
+
+
+@app.command("tune", epilog="Example: personal tune configs/sweep_ranks.yaml --run runs/sweep "
+                           "--grid 'train.lr=[1e-3,3e-3]'")
+def tune(sweep: Path = typer.Argument(..., help="Sweep file: grid (dotted key: [values]), "
+                                      "strategy, metric."),
+         run: Path = typer.Option(Path("runs/sweep"), "--run", help="Run directory."),
+         grid: List[str] = typer.Option([], "--grid", help="More key=[v1,v2] items."),
+         config: Optional[Path] = CONFIG_OPT, overrides: List[str] = OVERRIDES_ARG,
+         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address "
+                                               "(default: RAY_ADDRESS, else a local runtime)."),
+         quiet: bool = QUIET_OPT) -> None:
+    """Ray Tune ablation: each grid point a full train + validation evaluation; resumes."""
+    import tempfile
+
+    from personal.distributed.runtime import ray_runtime
+    from personal.distributed.tune import parse_grid, run_sweep
+    from ray_jobs.sweep import read_sweep_file
+
+    _logging(quiet)
+    spec = read_sweep_file(str(sweep))
+    cfg = _config(config, overrides)
+    items = parse_grid(spec["grid"] + list(grid), cfg)
+    with ray_runtime(address or cfg.ray.address, None, tempfile.mkdtemp(prefix="personal-ray-")):
+        out = run_sweep(cfg, run, items, strategy=spec["strategy"], metric=spec["metric"])
+    typer.echo(f"{len(out['rows'])} trials: table {out['table']}, report {out.get('report')}")
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from personal.config import Config
-from personal.experiment.runs import stable_hash
 from personal.strategies.registry import Unit
 
 log = logging.getLogger("personal")
@@ -45,15 +44,9 @@ def ray_stages(ctx, name: str) -> list[list[Unit]]:
 
 def train_strategy_on_ray(ctx, name: str) -> str:
     """`pipeline.train_strategy` on Ray; returns the same hash of all unit inputs."""
-    hashes = []
-    trained = ctx.run.read_json("strategies.json") or []
-    if name not in trained:
-        ctx.run.write_json("strategies.json", trained + [name])
-    for stage in ray_stages(ctx, name):
-        for unit in stage:
-            ctx.run.run_unit(unit.name, unit.inputs, unit.fn, unit.outputs)
-            hashes.append(unit.inputs)
-    return stable_hash(name, hashes)
+    from personal.experiment.pipeline import train_strategy
+
+    return train_strategy(ctx, name, stages_fn=ray_stages)
 
 
 def train_and_evaluate(ctx, name: str, use_ray: bool) -> dict:

@@ -30,13 +30,14 @@ def strategy_units(ctx: Context, name: str) -> list[list[Unit]]:
     return spec.stages(ctx, strategy_config(spec, ctx.cfg.strategy.get(name)))
 
 
-def train_strategy(ctx: Context, name: str) -> str:
-    """Run every unit of the strategy's stages; returns the hash of all their inputs."""
+def train_strategy(ctx: Context, name: str, stages_fn=strategy_units) -> str:
+    """Run every unit of the strategy's stages; returns the hash of all their inputs.
+    `stages_fn` lets the Ray executor swap in the Ray form of units (same names, inputs)."""
     hashes = []
     trained = ctx.run.read_json("strategies.json") or []
     if name not in trained:
         ctx.run.write_json("strategies.json", trained + [name])
-    for stage in strategy_units(ctx, name):
+    for stage in stages_fn(ctx, name):
         for unit in stage:
             ctx.run.run_unit(unit.name, unit.inputs, unit.fn, unit.outputs)
             hashes.append(unit.inputs)
