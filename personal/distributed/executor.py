@@ -65,10 +65,11 @@ def run_experiment(cfg: Config, run_path: str | Path, strategies: list[str], *,
     (`num_cpus`, temp files in `temp_dir` or a fresh temp folder). Returns the report path."""
     from personal.distributed.runtime import absolute_config, ray_runtime
     from personal.experiment.context import Context
-    from personal.experiment.pipeline import evaluate_noise_ceiling, report_run
+    from personal.experiment.pipeline import evaluate_noise_ceiling, prepare_base, report_run
 
     cfg = absolute_config(cfg)
     ctx = Context.create(cfg, run_path)
+    prepare_base(ctx)
     evaluate_noise_ceiling(ctx)
     if not use_ray:
         for name in strategies:

@@ -69,6 +69,16 @@ def evaluate_strategy(ctx: Context, name: str, trained: str) -> dict:
     return ctx.run.run_unit(f"eval/{name}", inputs, work, outputs)
 
 
+def prepare_base(ctx: Context) -> dict:
+    """Load the base model (pretraining the built-in one if it is not cached) as its own
+    unit, so its time is reported as such and not inside the first strategy's unit."""
+    def work() -> dict:
+        model, _ = ctx.base
+        return {"base": ctx.base_key, "parameters": sum(p.numel() for p in model.parameters())}
+
+    return ctx.run.run_unit("base/prepare", stable_hash(ctx.base_key), work, [])
+
+
 def evaluate_noise_ceiling(ctx: Context) -> dict:
     """Reference vs `alt_text` on the evaluated turns: the best a text metric can expect."""
     from personal.eval.metrics import noise_ceiling
@@ -136,6 +146,7 @@ def write_per_user_csv(path: Path, per_user: dict[str, dict[str, float]]) -> Non
 def run_plan(cfg: Config, run_path: str | Path, strategies: list[str]) -> Path:
     """Train, evaluate and report the given strategies in one run; returns the report path."""
     ctx = Context.create(cfg, run_path)
+    prepare_base(ctx)
     evaluate_noise_ceiling(ctx)
     for name in strategies:
         trained = train_strategy(ctx, name)
