@@ -10,7 +10,10 @@
 """
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -123,3 +126,20 @@ def make_styled_dataset():
                     archetype=arch, name=None))
         return Dataset(personas)
     return make
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private local Ray runtime: 2 CPUs, own temp dir, token auth off (local test only)."""
+    ray = pytest.importorskip("ray")
+    old = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    tmp = tempfile.mkdtemp(prefix="pray")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+    if old is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = old

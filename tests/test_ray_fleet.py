@@ -1,9 +1,6 @@
 """Adapter fleets: one engine call per shard, adapters independent of the sharding, finished
 adapters never retrained, and a fleet worker killed mid-training on Ray is restarted with every
 adapter present and equal to a run without the kill."""
-import os
-import shutil
-import tempfile
 
 import pytest
 import torch
@@ -60,22 +57,6 @@ def test_finished_adapters_are_skipped(cfg, tmp_path):
     assert train_shard(ctx, groups, vals) == {}  # all recorded with the same inputs
     changed = {**groups, sorted(groups)[0]: groups[sorted(groups)[0]][:-1]}
     assert set(train_shard(ctx, changed, vals)) == {sorted(groups)[0]}
-
-
-@pytest.fixture
-def ray_local():
-    ray = pytest.importorskip("ray")
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # local test runtime only
-    tmp = tempfile.mkdtemp(prefix="pray")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
-    if old is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = old
 
 
 @pytest.mark.slow

@@ -4,9 +4,6 @@ ablation plot, and resumes without re-running finished trials."""
 import csv
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 
 import pytest
 import torch
@@ -53,22 +50,6 @@ def test_results_table_and_ablation_points(tmp_path):
         table = list(csv.DictReader(f))
     assert len(table) == 4 and table[0]["lora.rank"] == "2"
     assert "Ablations" in (tmp_path / "report.md").read_text()
-
-
-@pytest.fixture
-def ray_local():
-    ray = pytest.importorskip("ray")
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # local test runtime only
-    tmp = tempfile.mkdtemp(prefix="pray")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
-    if old is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = old
 
 
 @pytest.mark.slow

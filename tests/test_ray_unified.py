@@ -1,8 +1,5 @@
 """The unified adapter, data-parallel: one worker is exactly `train_lora`, a checkpoint resumes
 exactly, and two Ray Train workers (gloo on CPU) produce the same adapter as one process."""
-import os
-import shutil
-import tempfile
 
 import pytest
 import torch
@@ -21,23 +18,6 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     cfg = smoke_config(root, users=4, sessions=6, overrides=["train.max_steps=8"])
     return cfg, root
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """A private local Ray runtime: 2 CPUs, own temp dir, token auth off (local test only)."""
-    ray = pytest.importorskip("ray")
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    tmp = tempfile.mkdtemp(prefix="pray")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
-    if old is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = old
 
 
 def trainable(model):

@@ -27,8 +27,9 @@ import torch
 
 from personal.errors import PersonalError
 from personal.models.lora import TrainResult, attach_lora, save_adapter, train_settings
-from personal.models.training import (LoopResult, LoopSettings, collate, length_batches,
-                                      lr_factor, masked_lm_loss, seed_everything, total_steps)
+from personal.models.training import (BestTracker, LoopResult, LoopSettings, collate,
+                                      length_batches, lr_factor, masked_lm_loss,
+                                      seed_everything, total_steps)
 
 ADAPTER = "adapters/unified_lora"
 CHECKPOINT_FILE = "state.pt"
@@ -83,36 +84,19 @@ def loss_sums(model: torch.nn.Module, features: Sequence[dict], batch_size: int,
     return total, count
 
 
-class _Tracker:
-    """Validation checks (summed over workers), patience and the best trainable weights."""
-
-    def __init__(self, model, val_local, has_val: bool, s: LoopSettings, pad_id: int,
-                 res: LoopResult, coll: Collective):
-        self.model, self.val, self.has_val, self.s = model, val_local, has_val, s
-        self.pad_id, self.res, self.coll = pad_id, res, coll
-        self.best: Optional[dict[str, torch.Tensor]] = None
-        self.bad_checks = 0
-
-    def check(self, step: int) -> None:
-        if not self.has_val or (self.res.val_losses and self.res.val_losses[-1][0] == step):
-            return
-        total, count = loss_sums(self.model, self.val, self.s.batch_size, self.pad_id)
-        if self.coll.world > 1:
-            t = self.coll.sum(torch.tensor([total, float(count)], dtype=torch.float64))
+def dp_val_loss(model, val_local, has_val: bool, batch_size: int, pad_id: int,
+                coll: "Collective"):
+    """A `BestTracker` validation loss summed over workers (each holds a shard of val)."""
+    def val_loss() -> Optional[float]:
+        if not has_val:
+            return None
+        total, count = loss_sums(model, val_local, batch_size, pad_id)
+        if coll.world > 1:
+            t = coll.sum(torch.tensor([total, float(count)], dtype=torch.float64))
             total, count = float(t[0]), int(t[1])
-        loss = total / max(count, 1)
-        self.res.val_losses.append((step, loss))
-        if self.res.best_val_loss is None or loss < self.res.best_val_loss:
-            self.res.best_val_loss, self.res.best_step, self.bad_checks = loss, step, 0
-            self.best = {n: p.detach().clone() for n, p in self.model.named_parameters()
-                         if p.requires_grad}
-        else:
-            self.bad_checks += 1
-            self.res.stopped_early = 0 < self.s.patience <= self.bad_checks
+        return total / max(count, 1)
 
-    def restore(self) -> None:
-        if self.best is not None:
-            _load_trainable(self.model, self.best)
+    return val_loss
 
 
 def _trainable(model) -> dict[str, torch.Tensor]:
@@ -137,7 +121,7 @@ class _Loop:
     opt: Any
     sched: Any
     res: LoopResult
-    tracker: _Tracker
+    tracker: BestTracker
 
 
 def _step(lp: _Loop, idx: list[int]) -> None:
@@ -209,7 +193,8 @@ def dp_train_loop(model, train: Sequence[dict], val: Sequence[dict], s: LoopSett
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, total, warmup, s.decay))
     res = LoopResult()
     lp = _Loop(model, train, s, pad_id, coll, params, opt, sched, res,
-               _Tracker(model, list(val)[coll.rank::coll.world], bool(val), s, pad_id, res, coll))
+               BestTracker(model, dp_val_loss(model, list(val)[coll.rank::coll.world], bool(val),
+                                           s.batch_size, pad_id, coll), s, res))
     lengths = [len(f["input_ids"]) for f in train]
     every = s.eval_every if s.eval_every > 0 else math.ceil(len(train) / s.batch_size)
     model.train()

@@ -7,7 +7,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -172,7 +172,8 @@ def train_loop(model: torch.nn.Module, train: Sequence[Features], val: Sequence[
     per_epoch = math.ceil(len(train) / s.batch_size)
     every = s.eval_every if s.eval_every > 0 else per_epoch
     res, start = LoopResult(), time.perf_counter()
-    tracker = _BestTracker(model, val, s, pad_id, res)
+    tracker = BestTracker(
+        model, lambda: evaluate_loss(model, val, s.batch_size, pad_id) if val else None, s, res)
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
     model.train()
     tracker.check(0)
@@ -195,19 +196,24 @@ def train_loop(model: torch.nn.Module, train: Sequence[Features], val: Sequence[
     return res
 
 
-class _BestTracker:
-    """Validation checks, patience and a copy of the best trainable weights."""
+class BestTracker:
+    """Validation checks, patience and a copy of the best trainable weights.
 
-    def __init__(self, model: torch.nn.Module, val: Sequence[Features], s: LoopSettings,
-                 pad_id: int, res: LoopResult):
-        self.model, self.val, self.s, self.pad_id, self.res = model, val, s, pad_id, res
+    `val_loss()` returns the validation loss now, or None when there is no validation set;
+    the data-parallel loop passes one that sums over workers."""
+
+    def __init__(self, model: torch.nn.Module, val_loss: Callable[[], Optional[float]],
+                 s: LoopSettings, res: LoopResult):
+        self.model, self.val_loss, self.s, self.res = model, val_loss, s, res
         self.best: Optional[dict[str, torch.Tensor]] = None
         self.bad_checks = 0
 
     def check(self, step: int) -> None:
-        if not self.val or (self.res.val_losses and self.res.val_losses[-1][0] == step):
+        if self.res.val_losses and self.res.val_losses[-1][0] == step:
             return
-        loss = evaluate_loss(self.model, self.val, self.s.batch_size, self.pad_id)
+        loss = self.val_loss()
+        if loss is None:
+            return
         self.res.val_losses.append((step, loss))
         if self.res.best_val_loss is None or loss < self.res.best_val_loss:
             self.res.best_val_loss, self.res.best_step, self.bad_checks = loss, step, 0
