@@ -28,7 +28,7 @@ import torch
 from personal.errors import PersonalError
 from personal.models.lora import TrainResult, attach_lora, save_adapter, train_settings
 from personal.models.training import (BestTracker, LoopResult, LoopSettings, collate,
-                                      length_batches, lr_factor, masked_lm_loss,
+                                      length_batches, loss_sums, lr_factor, masked_lm_loss,
                                       seed_everything, total_steps)
 
 ADAPTER = "adapters/unified_lora"
@@ -68,20 +68,6 @@ def default_collective() -> Collective:
 
 # --- The loop ---------------------------------------------------------------------------------
 
-@torch.no_grad()
-def loss_sums(model: torch.nn.Module, features: Sequence[dict], batch_size: int,
-              pad_id: int) -> tuple[float, int]:
-    """(sum of token losses, token count) of `features`, batched like `evaluate_loss`."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    lengths = [len(f["input_ids"]) for f in features]
-    total, count = 0.0, 0
-    for idx in length_batches(lengths, batch_size, torch.Generator(), shuffle=False):
-        loss, n = masked_lm_loss(model, collate([features[i] for i in idx], pad_id, device))
-        total, count = total + float(loss) * n, count + n
-    model.train(was_training)
-    return total, count
 
 
 def dp_val_loss(model, val_local, has_val: bool, batch_size: int, pad_id: int,

@@ -90,9 +90,10 @@ def masked_lm_loss(model: torch.nn.Module,
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, features: Sequence[Features], batch_size: int,
-                  pad_id: int) -> float:
-    """Token-weighted mean loss of `model` on `features` (dropout off)."""
+def loss_sums(model: torch.nn.Module, features: Sequence[Features], batch_size: int,
+              pad_id: int) -> tuple[float, int]:
+    """(sum of token losses, token count) of `features` (dropout off); the data-parallel
+    loop sums these over workers before dividing."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -102,6 +103,13 @@ def evaluate_loss(model: torch.nn.Module, features: Sequence[Features], batch_si
         loss, n = masked_lm_loss(model, collate([features[i] for i in idx], pad_id, device))
         total, count = total + float(loss) * n, count + n
     model.train(was_training)
+    return total, count
+
+
+def evaluate_loss(model: torch.nn.Module, features: Sequence[Features], batch_size: int,
+                  pad_id: int) -> float:
+    """Token-weighted mean loss of `model` on `features` (dropout off)."""
+    total, count = loss_sums(model, features, batch_size, pad_id)
     return total / max(count, 1)
 
 
