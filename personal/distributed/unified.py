@@ -26,10 +26,11 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from personal.errors import PersonalError
-from personal.models.lora import TrainResult, attach_lora, save_adapter, train_settings
+from personal.models.lora import (TrainResult, pad_id, prepare_training, save_adapter,
+                                  train_settings)
 from personal.models.training import (BestTracker, LoopResult, LoopSettings, collate,
                                       length_batches, loss_sums, lr_factor, masked_lm_loss,
-                                      seed_everything, total_steps)
+                                      total_steps)
 
 ADAPTER = "adapters/unified_lora"
 CHECKPOINT_FILE = "state.pt"
@@ -226,16 +227,11 @@ def train_lora_dp(model, tokenizer, train_examples, val_examples, lora_cfg, trai
                   stop_after: int = 0) -> TrainResult:
     """`models.lora.train_lora` on `coll.world` workers: same seed, same adapter init, same
     schedule; worker 0 writes the peft folder (plus training.json) to `out_dir`."""
-    if not train_examples:
-        raise PersonalError("train_lora_dp: no training examples")
     coll = coll or Collective()
-    seed_everything(train_cfg.seed)
-    adapted = attach_lora(model, lora_cfg)
-    train = [fmt.encode(tokenizer, ex) for ex in train_examples]
-    val = [fmt.encode(tokenizer, ex) for ex in val_examples]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    loop = dp_train_loop(adapted, train, val, train_settings(train_cfg), pad, coll,
-                         resume=resume, on_check=on_check, stop_after=stop_after)
+    adapted, train, val = prepare_training(model, tokenizer, train_examples, val_examples,
+                                           lora_cfg, train_cfg, fmt)
+    loop = dp_train_loop(adapted, train, val, train_settings(train_cfg), pad_id(tokenizer),
+                         coll, resume=resume, on_check=on_check, stop_after=stop_after)
     adapted.eval()
     result = TrainResult(model=adapted, **dataclasses.asdict(loop))
     if out_dir is not None and coll.rank == 0:

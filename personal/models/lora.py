@@ -81,21 +81,31 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, train_examples: Sequence[
     """Train one LoRA adapter on `train_examples` (loss on target turns only), early-stopping
     on the loss of `val_examples`. The same seed gives the same adapter on CPU. With
     `out_dir`, save a standard peft adapter folder there (plus training.json)."""
-    if not train_examples:
-        raise PersonalError("train_lora: no training examples")
-    fmt = fmt or _default_format()
-    seed_everything(train_cfg.seed)
-    adapted = attach_lora(model, lora_cfg)
-    train = [fmt.encode(tokenizer, ex) for ex in train_examples]
-    val = [fmt.encode(tokenizer, ex) for ex in spread_sample(val_examples,
-                                                              train_cfg.max_val_examples)]
-    loop = train_loop(adapted, train, val, train_settings(train_cfg), _pad_id(tokenizer),
+    adapted, train, val = prepare_training(model, tokenizer, train_examples, val_examples,
+                                           lora_cfg, train_cfg, fmt or _default_format())
+    loop = train_loop(adapted, train, val, train_settings(train_cfg), pad_id(tokenizer),
                       progress=progress, desc="train adapter")
     adapted.eval()
     result = TrainResult(model=adapted, **dataclasses.asdict(loop))
     if out_dir is not None:
         result.adapter_dir = str(save_adapter(adapted, out_dir, result))
     return result
+
+
+def prepare_training(model: torch.nn.Module, tokenizer: Any, train_examples: Sequence[Example],
+                     val_examples: Sequence[Example], lora_cfg: Any, train_cfg: Any,
+                     fmt: PromptFormat) -> tuple[peft.PeftModel, list, list]:
+    """(adapted copy of `model`, encoded training examples, encoded validation sample): the
+    start every LoRA training loop shares, single-process or data-parallel, so both train
+    the same adapter from the same seed on the same validation sample."""
+    if not train_examples:
+        raise PersonalError("LoRA training: no training examples")
+    seed_everything(train_cfg.seed)
+    adapted = attach_lora(model, lora_cfg)
+    train = [fmt.encode(tokenizer, ex) for ex in train_examples]
+    val = [fmt.encode(tokenizer, ex) for ex in spread_sample(val_examples,
+                                                              train_cfg.max_val_examples)]
+    return adapted, train, val
 
 
 def spread_sample(items: Sequence[Any], limit: int) -> list[Any]:
@@ -116,7 +126,8 @@ def save_adapter(model: peft.PeftModel, out_dir: str | Path, result: TrainResult
     return out
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Any) -> int:
+    """The id batches are padded with: the pad token, else the end-of-sequence token."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise PersonalError("the tokenizer has neither a pad nor an eos token")
