@@ -127,8 +127,12 @@ class TrainConfig:
     """Passes over the training examples (upper bound; early stopping may end sooner)."""
     max_steps: int = 0
     """Hard cap on optimiser steps; 0 means no cap."""
-    batch_size: int = 16
-    """Examples per step."""
+    batch_size: int = 8
+    """Training sequences per step (a whole session each with `pack_sessions`)."""
+    pack_sessions: bool = True
+    """Train on whole sessions, every assistant turn a target, instead of one sequence per
+    turn: the same targets for ~1/2.7 of the tokens (turns late in a long session see more
+    than `data.history_messages` of history). Validation stays turn by turn."""
     warmup_frac: float = 0.1
     """Fraction of steps spent warming up, then linear decay to 0."""
     weight_decay: float = 0.0

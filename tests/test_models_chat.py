@@ -139,3 +139,40 @@ def test_a_chatml_template_works_and_its_end_marker_is_found(tok):
     f = encode_example(t, ex, 512)
     assert t.decode([x for x in f["labels"] if x != IGNORE]) == ex.target + "<|im_end|>"
     assert f["input_ids"][-1] == t.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_packed_sessions_carry_the_same_targets_in_fewer_tokens(tok):
+    from personal.data.examples import session_examples
+    from personal.data.schema import Persona, Session
+
+    msgs = [Message("user" if i % 2 == 0 else "assistant", SENTENCES[i % 6]) for i in range(10)]
+    persona = Persona(persona_id="persona_001", character=None, routines=[],
+                      sessions=[Session(session_id=0, meta=META,
+                                                                  messages=msgs)])
+    examples = session_examples(persona, persona.sessions[0], history_messages=2)
+    fmt = PromptFormat(512, 2)
+    turns = fmt.encode_training(tok, examples, pack_sessions=False)
+    packed = fmt.encode_training(tok, examples, pack_sessions=True)
+    assert len(turns) == 5 and len(packed) == 1
+    assert packed[0]["input_ids"] == encode_dialogue(tok, META, msgs, 512)[0]["input_ids"]
+
+    def targets(seqs):
+        return [tok.decode([t for t in s["labels"] if t != IGNORE]) for s in seqs]
+    assert "".join(targets(packed)) == "".join(targets(turns))  # every target, once
+    assert sum(len(s["input_ids"]) for s in packed) < sum(len(s["input_ids"]) for s in turns)
+
+
+def test_a_session_that_cannot_be_pieced_together_is_encoded_turn_by_turn(tok):
+    from personal.data.examples import session_examples
+    from personal.data.schema import Persona, Session
+
+    msgs = [Message("user" if i % 2 == 0 else "assistant", SENTENCES[i % 6]) for i in range(8)]
+    persona = Persona(persona_id="persona_001", character=None, routines=[],
+                      sessions=[Session(session_id=0, meta=META,
+                                                                  messages=msgs)])
+    examples = session_examples(persona, persona.sessions[0], history_messages=2)
+    gappy = [examples[0], examples[3]]  # turns 1 and 7: the assistant turns 3, 5 are missing
+    fmt = PromptFormat(512, 2)
+    assert fmt.encode_training(tok, gappy) == [fmt.encode(tok, e) for e in gappy]
+    late = examples[1:]  # first turn's history does not reach the session's start
+    assert fmt.encode_training(tok, late) == [fmt.encode(tok, e) for e in late]

@@ -17,7 +17,8 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
     return smoke_config(tmp_path_factory.mktemp("world"), users=4, sessions=6,
-                        overrides=["train.epochs=2", "train.max_steps=4", "train.eval_every=2"])
+                        overrides=["train.epochs=2", "train.max_steps=4", "train.eval_every=2",
+                                   "train.batch_size=2"])
 
 
 def weights(run, name):
@@ -72,7 +73,7 @@ def test_killed_fleet_worker_is_restarted_and_nothing_is_lost(cfg, tmp_path, ray
     assert flag.is_file()  # the worker really died once
     killed_at = flag.stat().st_mtime
     first = sorted(groups)[0]  # rank 0's first adapter, finished before the kill
-    record = ctx.run.path / "units" / f"train__adapter__{first}.json"
+    record = ctx.run.path / "units" / f"train__adapters__{first}.json"
     assert record.stat().st_mtime <= killed_at  # not retrained after the restart
 
     ref = Context.create(cfg, tmp_path / "no_kill")

@@ -83,7 +83,8 @@ def deepspeed_worker(config: dict) -> None:
     params = [p for p in peft_model.parameters() if p.requires_grad]
     s = train_settings(cfg.train)
     fmt = ctx.prompt_format()
-    train = [fmt.encode(tok, e) for e in ctx.examples("train", ctx.training_personas())]
+    train = fmt.encode_training(tok, ctx.examples("train", ctx.training_personas()),
+                                ctx.cfg.train.pack_sessions)
     total = total_steps(len(train), s)
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
     engine, _, _, _ = deepspeed.initialize(model=peft_model, optimizer=opt,

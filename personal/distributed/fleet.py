@@ -15,46 +15,103 @@ to every worker (one machine, or a shared filesystem on a cluster, as Ray Train'
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
-from personal.config import to_dict
+from personal.config import TrainConfig, from_dict, to_dict
 from personal.data.schema import Example
 from personal.errors import PersonalError
 from personal.experiment.runs import stable_hash
 
-PREFIX = "adapters"
+@dataclass(frozen=True)
+class FleetSpec:
+    """What kind of adapters a fleet trains, how, and where they go."""
+
+    folder: str = "adapters"
+    """Run-relative folder; adapter `name` is written to `<folder>/<name>/` (peft layout)."""
+    init_from: Optional[str] = None
+    """Run-relative peft folder copied into every adapter before training (e.g. the unified
+    adapter, for hybrid strategies); None starts from peft's init (zero update)."""
+    train_lora: bool = True
+    """Train the LoRA weights; False keeps them at `init_from` (or zero) and trains only the
+    prompt tables."""
+    prefix_len: int = 0
+    """Soft-prompt tokens per adapter (0: none)."""
+    user_vector: bool = False
+    """A trainable per-adapter vector added to every input embedding."""
+    train: Optional[TrainConfig] = None
+    """Schedule of every adapter of the fleet; None uses the run's `train` section."""
+    l2_lambda: float = 0.0
+    """Pull each adapter toward `init_from`: adds l2_lambda * ||theta - init||^2 to its loss."""
 
 
-def adapter_unit(name: str) -> str:
-    return f"train/adapter/{name}"
+def adapter_unit(spec: FleetSpec, name: str) -> str:
+    return f"train/{spec.folder}/{name}"
+
+
+def _unit_file(spec: FleetSpec, name: str) -> str:
+    from personal.experiment.runs import _safe
+
+    return f"units/{_safe(adapter_unit(spec, name))}.json"
+
+
+def _init_hash(ctx, spec: FleetSpec) -> Optional[str]:
+    """Hash of the init adapter's bytes: retraining it retrains the fleet."""
+    if spec.init_from is None:
+        return None
+    folder = ctx.run.path / spec.init_from
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise PersonalError(f"fleet init_from {folder} holds no adapter weights")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def adapter_inputs(ctx, name: str, index: int, examples: Sequence[Example],
-                   val: Sequence[Example]) -> str:
+                   val: Sequence[Example], spec: FleetSpec = FleetSpec()) -> str:
     """Everything adapter `name` depends on: base, data fingerprint, its examples, LoRA
-    shape, schedule, format and its seed index."""
+    shape, the fleet's spec and schedule, the init adapter, format and its seed index."""
     d = to_dict(ctx.cfg)
     keys = [(e.persona_id, e.session_id, e.turn_index) for e in examples]
     vkeys = [(e.persona_id, e.session_id, e.turn_index) for e in val]
     return stable_hash("fleet", name, index, ctx.fingerprint, ctx.base_key, keys, vkeys,
-                       d["lora"], d["train"], d["data"]["history_messages"],
-                       d["model"]["include_character"], d["model"]["max_seq_len"])
+                       d["lora"], d["train"], spec_dict(spec), _init_hash(ctx, spec),
+                       d["data"]["history_messages"], d["model"]["include_character"],
+                       d["model"]["max_seq_len"])
+
+
+def spec_dict(spec: FleetSpec) -> dict:
+    """The spec as plain JSON (to hash, and to ship to Ray workers)."""
+    return dataclasses.asdict(spec)
+
+
+def spec_from_dict(d: dict) -> FleetSpec:
+    train = d.get("train")
+    return FleetSpec(**{**d, "train": None if train is None else from_dict(TrainConfig, train)})
 
 
 @torch.no_grad()
 def init_slots(model: nn.Module, seeds: Sequence[int]) -> None:
     """Initialise slot j of the stack like a one-adapter stack injected with `seeds[j]`
-    (peft's kaiming-uniform A, zero B): an adapter's start does not depend on its slot."""
+    (peft's kaiming-uniform A, zero B; a soft prefix drawn from the vocabulary with that
+    seed): an adapter's start does not depend on its slot."""
+    from personal.engine.prompts import prompt_tables
     from personal.engine.stacked_lora import lora_layers
 
     layers = lora_layers(model)
+    tables = prompt_tables(model)
+    emb = model.get_input_embeddings().weight
     for j, seed in enumerate(seeds):
         g = torch.Generator(device="cpu").manual_seed(seed)
         for layer in layers:
@@ -62,26 +119,50 @@ def init_slots(model: nn.Module, seeds: Sequence[int]) -> None:
             nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=g)
             layer.lora_A[j].copy_(a)
             layer.lora_B[j].zero_()
+        if tables is not None and getattr(tables, "prefix", None) is not None:
+            ids = torch.randint(0, emb.shape[0], (tables.prefix_len,), generator=g)
+            tables.prefix[j] = emb[ids.to(emb.device)].to(tables.prefix.dtype)
+
+
+def fleet_model(ctx, n: int, seeds: Sequence[int], spec: FleetSpec) -> nn.Module:
+    """A copy of the base with an n-adapter stack (and prompt tables) shaped by `spec`."""
+    from personal.engine import attach_prompts, inject_stacked_lora
+
+    lora = ctx.cfg.lora
+    model = inject_stacked_lora(copy.deepcopy(ctx.base[0]), n, rank=lora.rank,
+                                alpha=lora.alpha, dropout=lora.dropout,
+                                target_modules=lora.target_modules, seed=seeds[0])
+    if spec.prefix_len > 0 or spec.user_vector:
+        attach_prompts(model, n, prefix_len=spec.prefix_len, user_vector=spec.user_vector,
+                       seed=seeds[0])
+    init_slots(model, seeds)
+    if not spec.train_lora:
+        from personal.engine.stacked_lora import lora_layers
+
+        for layer in lora_layers(model):
+            layer.lora_A.requires_grad_(False)
+            layer.lora_B.requires_grad_(False)
+    return model
 
 
 def train_chunk(ctx, names: list[str], seeds: list[int], data: list[list[dict]],
-                val: list[list[dict]]) -> list[dict]:
+                val: list[list[dict]], spec: FleetSpec = FleetSpec()) -> list[dict]:
     """One `train_stacked` call for `names`; exports each adapter; returns their records."""
-    from personal.engine import export_peft, inject_stacked_lora, train_stacked
+    from personal.engine import export_peft, train_stacked
 
-    base, tokenizer = ctx.base
-    lora = ctx.cfg.lora
-    model = inject_stacked_lora(copy.deepcopy(base), len(names), rank=lora.rank,
-                                alpha=lora.alpha, dropout=lora.dropout,
-                                target_modules=lora.target_modules, seed=seeds[0])
-    init_slots(model, seeds)
+    tokenizer = ctx.base[1]
+    model = fleet_model(ctx, len(names), seeds, spec)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     has_val = any(val)
-    result = train_stacked(model, data, ctx.cfg.train, val_datasets=val if has_val else None,
-                           adapter_seeds=seeds, pad_token_id=pad)
+    init = None if spec.init_from is None else ctx.run.path / spec.init_from
+    result = train_stacked(model, data, spec.train or ctx.cfg.train,
+                           val_datasets=val if has_val else None, adapter_seeds=seeds,
+                           pad_token_id=pad, init_from=init,
+                           l2_to=init if spec.l2_lambda > 0 else None,
+                           l2_lambda=spec.l2_lambda)
     records = []
     for k, name in enumerate(names):
-        out = export_peft(model, k, ctx.run.path / PREFIX / name,
+        out = export_peft(model, k, ctx.run.path / spec.folder / name,
                           base_model_name_or_path=ctx.cfg.model.base)
         run = result.adapters[k]
         records.append({"adapter_dir": str(out), "steps": run.steps,
@@ -92,11 +173,9 @@ def train_chunk(ctx, names: list[str], seeds: list[int], data: list[list[dict]],
     return records
 
 
-def _record(ctx, name: str, inputs: str, result: dict, seconds: float) -> None:
-    from personal.experiment.runs import _safe
-
-    ctx.run.write_json(f"units/{_safe(adapter_unit(name))}.json", {
-        "unit": adapter_unit(name), "inputs": inputs, "outputs": [f"{PREFIX}/{name}"],
+def _record(ctx, spec: FleetSpec, name: str, inputs: str, result: dict, seconds: float) -> None:
+    ctx.run.write_json(_unit_file(spec, name), {
+        "unit": adapter_unit(spec, name), "inputs": inputs, "outputs": [f"{spec.folder}/{name}"],
         "seconds": seconds, "result": result, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
@@ -114,7 +193,7 @@ def _maybe_fail(fault: Optional[dict], rank: int, finished: int) -> None:
 def train_shard(ctx, groups: dict[str, Sequence[Example]],
                 val_groups: Optional[dict[str, Sequence[Example]]] = None, rank: int = 0,
                 world: int = 1, adapters_per_call: int = 0,
-                fault: Optional[dict] = None) -> dict[str, dict]:
+                fault: Optional[dict] = None, spec: FleetSpec = FleetSpec()) -> dict[str, dict]:
     """Train worker `rank`'s shard of the fleet (skipping recorded adapters); returns the
     records of the adapters it trained now."""
     names = sorted(groups)
@@ -123,21 +202,22 @@ def train_shard(ctx, groups: dict[str, Sequence[Example]],
     todo = []
     for i in range(rank, len(names), world):
         name = names[i]
-        inputs = adapter_inputs(ctx, name, i, groups[name], val_groups.get(name, []))
-        if not ctx.run.unit_done(adapter_unit(name), inputs):
+        inputs = adapter_inputs(ctx, name, i, groups[name], val_groups.get(name, []), spec)
+        if not ctx.run.unit_done(adapter_unit(spec, name), inputs):
             todo.append((i, name, inputs))
     size = adapters_per_call if adapters_per_call > 0 else max(len(todo), 1)
     done: dict[str, dict] = {}
     for at in range(0, len(todo), size):
         chunk = todo[at:at + size]
         t0 = time.perf_counter()
-        data = [[fmt.encode(tokenizer, e) for e in groups[n]] for _, n, _ in chunk]
+        pack = (spec.train or ctx.cfg.train).pack_sessions
+        data = [fmt.encode_training(tokenizer, groups[n], pack) for _, n, _ in chunk]
         val = [[fmt.encode(tokenizer, e) for e in val_groups.get(n, [])] for _, n, _ in chunk]
         seeds = [ctx.cfg.train.seed + i for i, _, _ in chunk]
-        records = train_chunk(ctx, [n for _, n, _ in chunk], seeds, data, val)
+        records = train_chunk(ctx, [n for _, n, _ in chunk], seeds, data, val, spec)
         seconds = (time.perf_counter() - t0) / len(chunk)
         for (_, name, inputs), rec in zip(chunk, records):
-            _record(ctx, name, inputs, rec, seconds)
+            _record(ctx, spec, name, inputs, rec, seconds)
             done[name] = rec
         _maybe_fail(fault, rank, len(done))
     return done
@@ -155,7 +235,8 @@ def fleet_worker(config: dict) -> None:
     groups = _load_groups(ctx, config["groups"])
     val_groups = _load_groups(ctx, config["val_groups"])
     done = train_shard(ctx, groups, val_groups, tc.get_world_rank(), tc.get_world_size(),
-                       config["adapters_per_call"], config.get("fault"))
+                       config["adapters_per_call"], config.get("fault"),
+                       spec_from_dict(config["spec"]))
     ray.train.report({"trained_now": len(done)})
 
 
@@ -180,29 +261,34 @@ def _load_groups(ctx, keyed: dict[str, dict]) -> dict[str, list[Example]]:
 
 def train_fleet(ctx, groups: dict[str, Sequence[Example]],
                 val_groups: Optional[dict[str, Sequence[Example]]] = None, *,
-                split: str = "train", val_split: str = "val", use_ray: bool = True,
+                split: str = "train", val_split: str = "val", use_ray: Optional[bool] = None,
                 num_workers: Optional[int] = None, adapters_per_call: int = 0,
-                max_failures: int = 2, fault: Optional[dict] = None) -> dict[str, dict]:
-    """Train one adapter per group into `run/adapters/<name>/`; returns every adapter's
+                max_failures: int = 2, fault: Optional[dict] = None,
+                spec: FleetSpec = FleetSpec()) -> dict[str, dict]:
+    """Train one adapter per group into `run/<spec.folder>/<name>/`; returns every adapter's
     record (finished ones are skipped). Groups hold examples of the run's `split` (their
-    validation examples: `val_split`). Without Ray, one process trains all shards."""
+    validation examples: `val_split`). Without Ray (use_ray False, or None while no Ray
+    runtime is up in this process), one process trains all shards."""
     if not groups:
         raise PersonalError("train_fleet: no adapter groups")
     bad = [n for n in groups if not n or "/" in n or n.startswith(".")]
     if bad:
         raise PersonalError(f"train_fleet: adapter names must be plain folder names: {bad}")
+    if use_ray is None:
+        from personal.distributed.runtime import ray_active
+
+        use_ray = ray_active()
     if not use_ray:
-        train_shard(ctx, groups, val_groups, adapters_per_call=adapters_per_call)
+        train_shard(ctx, groups, val_groups, adapters_per_call=adapters_per_call, spec=spec)
     else:
         _fleet_on_ray(ctx, groups, val_groups or {}, split, val_split,
                       num_workers or ctx.cfg.ray.num_workers, adapters_per_call, max_failures,
-                      fault)
-    return {n: ctx.run.read_json(f"units/train__adapter__{n}.json")["result"]
-            for n in sorted(groups)}
+                      fault, spec)
+    return {n: ctx.run.read_json(_unit_file(spec, n))["result"] for n in sorted(groups)}
 
 
 def _fleet_on_ray(ctx, groups, val_groups, split, val_split, workers, adapters_per_call,
-                  max_failures, fault) -> None:
+                  max_failures, fault, spec) -> None:
     from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
@@ -218,7 +304,8 @@ def _fleet_on_ray(ctx, groups, val_groups, split, val_split, workers, adapters_p
         fleet_worker,
         train_loop_config={"cfg": config_payload(ctx.cfg), "run": str(run), "groups": keyed,
                            "val_groups": vkeyed, "adapters_per_call": adapters_per_call,
-                           "fault": fault, "threads": ctx.cfg.ray.cpus_per_worker},
+                           "fault": fault, "threads": ctx.cfg.ray.cpus_per_worker,
+                           "spec": spec_dict(spec)},
         scaling_config=scaling_config(ctx.cfg, workers),
         run_config=RunConfig(name=f"fleet-{stable_hash(sorted(groups), time.time())}",
                              storage_path=storage_dir(run),
@@ -226,7 +313,7 @@ def _fleet_on_ray(ctx, groups, val_groups, split, val_split, workers, adapters_p
     result = trainer.fit()
     if result.error is not None:
         raise PersonalError(f"adapter fleet on Ray failed: {result.error}")
-    missing = [n for n in groups if not (run / PREFIX / n / "adapter_config.json").is_file()]
+    missing = [n for n in groups if not (run / spec.folder / n / "adapter_config.json").is_file()]
     if missing:
         raise PersonalError(f"adapter fleet on Ray finished without adapters {missing}")
 

@@ -99,6 +99,13 @@ def storage_dir(run_path: str | Path) -> str:
     return str(path)
 
 
+def ray_active() -> bool:
+    """True when this process is connected to a Ray runtime (the Ray executor is running)."""
+    import sys
+
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
 @contextlib.contextmanager
 def ray_runtime(address: Optional[str] = None, num_cpus: Optional[int] = None,
                 temp_dir: Optional[str | Path] = None) -> Iterator[None]:

@@ -102,3 +102,43 @@ def _next_inputs(model, nxt: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"input_ids": nxt[:, None]}
     emb = model.get_input_embeddings()(nxt[:, None])
     return {"inputs_embeds": emb + vec[:, None, :].to(emb.dtype)}
+
+
+@torch.no_grad()
+def generate_routed(model: nn.Module, tokenizer, items: Sequence, rows: Sequence, gen_cfg, *,
+                    fmt=None, progress: bool = False) -> list[str]:
+    """Assistant turn text for each item (Example, prompt text or ids), item i answered by
+    adapter `rows[i]` (an index, -1 for the base model, or a weight vector over the stack).
+
+    Like `models.generate.generate` (sorted by length, batched, left-padded, cut at the end
+    of the turn, results in input order), but one batch mixes adapters, so a fleet of 200
+    adapters is evaluated in the batches a single adapter would need. Greedy only."""
+    from tqdm.auto import tqdm
+
+    from personal.models.chat import stop_ids
+    from personal.models.generate import decode_new, prompt_ids
+    from personal.models.training import collate
+
+    if gen_cfg.do_sample:
+        raise PersonalError("routed generation is greedy: set generation.do_sample=false")
+    if len(rows) != len(items):
+        raise PersonalError(f"{len(items)} items but {len(rows)} adapter rows")
+    prompts = [prompt_ids(tokenizer, it, fmt, gen_cfg.max_new_tokens) for it in items]
+    stops = stop_ids(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    weighted = len(rows) > 0 and not isinstance(rows[0], (int,)) and hasattr(rows[0], "__len__")
+    out: list[Optional[str]] = [None] * len(prompts)
+    for b in tqdm(range(0, len(order), gen_cfg.batch_size), desc="generate",
+                  disable=not progress, leave=False):
+        idx = order[b:b + gen_cfg.batch_size]
+        batch = collate([{"input_ids": prompts[i]} for i in idx], pad)
+        picked = [rows[i] for i in idx]
+        adapters = (torch.tensor(picked, dtype=torch.float32) if weighted
+                    else torch.tensor(picked, dtype=torch.long))
+        new = generate_mixed(model, batch["input_ids"], batch["attention_mask"], adapters,
+                             gen_cfg.max_new_tokens, eos_token_id=sorted(stops),
+                             pad_token_id=pad)
+        for r, i in enumerate(idx):
+            out[i] = decode_new(tokenizer, new[r], stops)
+    return out  # type: ignore[return-value]

@@ -196,6 +196,24 @@ class PromptFormat:
         """`encode_example` with this format."""
         return encode_example(tokenizer, example, self.max_len, **self._options(example))
 
+    def encode_training(self, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
+                        pack_sessions: bool = True) -> list[dict[str, list[int]]]:
+        """Training sequences of `examples`. With `pack_sessions`, consecutive turns of one
+        session become one sequence with every one of them a target (`encode_dialogue`): the
+        same targets for ~1/2.7 of the tokens, turns late in a long session seeing more than
+        `history_messages` of history. A session whose turns cannot be pieced together
+        exactly (gaps, extra context, character sketches) is encoded turn by turn."""
+        if not pack_sessions or self.extra_context is not None or self.characters:
+            return [self.encode(tokenizer, e) for e in examples]
+        out: list[dict[str, list[int]]] = []
+        for group in session_groups(examples):
+            messages = session_messages(group)
+            if messages is None:
+                out += [self.encode(tokenizer, e) for e in group]
+            else:
+                out += encode_dialogue(tokenizer, group[0].meta, messages, self.max_len)
+        return out
+
     def prompt_ids(self, tokenizer: PreTrainedTokenizerBase, example: Example,
                    max_new_tokens: int) -> list[int]:
         """`build_prompt_ids` leaving room for `max_new_tokens` generated tokens."""
@@ -206,7 +224,43 @@ class PromptFormat:
         return build_prompt_ids(tokenizer, example, budget, **self._options(example))
 
 
-# --- Whole dialogues (pretraining) ------------------------------------------------------------
+# --- Whole dialogues (pretraining, packed sessions) ----------------------------------------------
+
+def session_groups(examples: Sequence[Example]) -> list[list[Example]]:
+    """Runs of consecutive examples of the same session, in order."""
+    groups: list[list[Example]] = []
+    for e in examples:
+        if groups and (groups[-1][-1].persona_id, groups[-1][-1].session_id) == \
+                (e.persona_id, e.session_id) and e.turn_index > groups[-1][-1].turn_index:
+            groups[-1].append(e)
+        else:
+            groups.append([e])
+    return groups
+
+
+def session_messages(group: Sequence[Example]) -> Optional[list[Message]]:
+    """The session's messages up to its last target, pieced together from the turns' own
+    histories, or None when that is not exact: the first turn's history must start at the
+    session's first message, every gap between two targets must lie inside the later turn's
+    history and hold no assistant message (it would become a target that is not one)."""
+    first = group[0]
+    if len(first.history) != first.turn_index:
+        return None
+    messages = list(first.history) + [_target_message(first)]
+    for prev, e in zip(group, group[1:]):
+        gap = e.turn_index - prev.turn_index - 1
+        if gap > len(e.history) or e.meta != first.meta:
+            return None
+        between = list(e.history[len(e.history) - gap:]) if gap else []
+        if any(m.role != "user" for m in between):
+            return None
+        messages += between + [_target_message(e)]
+    return messages
+
+
+def _target_message(e: Example) -> Message:
+    return Message(role="assistant", text=e.target)
+
 
 def _units(tokenizer: PreTrainedTokenizerBase, meta: Meta, messages: Sequence[Message],
            label_roles: Sequence[str]) -> list[tuple[list[int], list[int]]]:

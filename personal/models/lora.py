@@ -102,7 +102,7 @@ def prepare_training(model: torch.nn.Module, tokenizer: Any, train_examples: Seq
         raise PersonalError("LoRA training: no training examples")
     seed_everything(train_cfg.seed)
     adapted = attach_lora(model, lora_cfg)
-    train = [fmt.encode(tokenizer, ex) for ex in train_examples]
+    train = fmt.encode_training(tokenizer, train_examples, train_cfg.pack_sessions)
     val = [fmt.encode(tokenizer, ex) for ex in spread_sample(val_examples,
                                                               train_cfg.max_val_examples)]
     return adapted, train, val

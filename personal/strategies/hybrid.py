@@ -1,0 +1,54 @@
+"""hybrid_lora: one adapter per user initialised from the unified adapter and trained further
+on that user's data (what the user shares with everybody, plus what is theirs)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from personal.distributed.fleet import FleetSpec
+from personal.strategies import unified
+from personal.strategies.common import (fleet_unit, per_user_route, routed_predictor, schedule,
+                                        user_groups)
+from personal.strategies.registry import register_strategy
+
+FOLDER = "adapters/hybrid_lora"
+
+
+@dataclass
+class HybridConfig:
+    """Per-user adapters continued from the unified one (schedule from `train` unless set)."""
+
+    epochs: Optional[float] = 2.0
+    """Passes over the user's training turns after the unified adapter."""
+    lr: Optional[float] = 5e-4
+    """Peak learning rate: lower than the unified run's, a fine-tune of a trained adapter."""
+    batch_size: Optional[int] = None
+    """Turns per step (None: train.batch_size)."""
+    eval_every: Optional[int] = 0
+    """Validation checks every N steps (0: once per epoch); the best state is kept, so a
+    user whose validation loss only rises keeps (nearly) the unified adapter."""
+    patience: Optional[int] = None
+    """Checks without improvement before stopping (None: train.patience)."""
+    l2_lambda: float = 0.0
+    """Pull toward the unified weights (0: plain continued training)."""
+
+
+def spec(ctx, scfg: HybridConfig) -> FleetSpec:
+    return FleetSpec(folder=FOLDER, init_from=unified.ADAPTER, l2_lambda=scfg.l2_lambda,
+                     train=schedule(ctx, epochs=scfg.epochs, lr=scfg.lr,
+                                    batch_size=scfg.batch_size, eval_every=scfg.eval_every,
+                                    patience=scfg.patience))
+
+
+@register_strategy("hybrid_lora", HybridConfig)
+def stages(ctx, scfg: HybridConfig) -> list:
+    groups, vals = user_groups(ctx, "train"), user_groups(ctx, "val")
+    fleet = fleet_unit(ctx, "train/hybrid_lora", groups, vals, spec(ctx, scfg),
+                       upstream=[unified.training_inputs(ctx)])
+    return unified.stages(ctx, unified.UnifiedConfig()) + [[fleet]]
+
+
+def predictor(ctx, scfg: HybridConfig):
+    names = sorted(user_groups(ctx, "train"))
+    folders = [ctx.run.path / FOLDER / n for n in names] + [ctx.run.path / unified.ADAPTER]
+    return routed_predictor(ctx, folders, per_user_route(names, len(names)))

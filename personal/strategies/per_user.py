@@ -1,0 +1,65 @@
+"""per_user_lora: one LoRA adapter per user from the base model, on that user's ~30 training
+dialogues only (the naive personalization the study finds overfitting)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from personal.distributed.fleet import FleetSpec
+from personal.strategies import unified
+from personal.strategies.common import (fleet_unit, per_user_route, routed_predictor, schedule,
+                                        user_groups)
+from personal.strategies.registry import register_strategy
+
+FOLDER = "adapters/per_user_lora"
+
+
+@dataclass
+class PerUserConfig:
+    """Per-user adapters (shape from `lora`; schedule from `train` unless set here)."""
+
+    epochs: Optional[float] = 3.0
+    """Passes over the user's training turns (~110 turns: a few steps per epoch)."""
+    lr: Optional[float] = None
+    """Peak learning rate (None: train.lr)."""
+    batch_size: Optional[int] = None
+    """Turns per step (None: train.batch_size)."""
+    eval_every: Optional[int] = 0
+    """Validation checks on the user's validation turns every N steps (0: once per epoch)."""
+    patience: Optional[int] = None
+    """Checks without improvement before stopping (None: train.patience; 0: never)."""
+    fallback: str = "unified"
+    """Users without an adapter (cold-start): `unified` (trains it too) or `base`."""
+
+
+def fallback_stage(ctx, fallback: str) -> list[list]:
+    """The unified adapter's stage when users without an adapter fall back to it."""
+    if fallback not in ("unified", "base"):
+        from personal.errors import PersonalError
+        raise PersonalError(f"strategy fallback must be 'unified' or 'base', got {fallback!r}")
+    return unified.stages(ctx, unified.UnifiedConfig()) if fallback == "unified" else []
+
+
+def fallback_folders(ctx, fallback: str) -> list:
+    return [ctx.run.path / unified.ADAPTER] if fallback == "unified" else []
+
+
+def spec(ctx, scfg: PerUserConfig) -> FleetSpec:
+    return FleetSpec(folder=FOLDER, train=schedule(ctx, epochs=scfg.epochs, lr=scfg.lr,
+                                                   batch_size=scfg.batch_size,
+                                                   eval_every=scfg.eval_every,
+                                                   patience=scfg.patience))
+
+
+@register_strategy("per_user_lora", PerUserConfig)
+def stages(ctx, scfg: PerUserConfig) -> list:
+    groups, vals = user_groups(ctx, "train"), user_groups(ctx, "val")
+    fleet = fleet_unit(ctx, "train/per_user_lora", groups, vals, spec(ctx, scfg))
+    return fallback_stage(ctx, scfg.fallback) + [[fleet]]
+
+
+def predictor(ctx, scfg: PerUserConfig):
+    names = sorted(user_groups(ctx, "train"))
+    folders = [ctx.run.path / FOLDER / n for n in names] + fallback_folders(ctx, scfg.fallback)
+    fallback = len(names) if scfg.fallback == "unified" else -1
+    return routed_predictor(ctx, folders, per_user_route(names, fallback))

@@ -1,0 +1,57 @@
+"""prefix_per_user: a per-user soft prompt (virtual tokens before the prompt) on the frozen
+base model; the only trained weights are the user's prefix."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from personal.distributed.fleet import FleetSpec
+from personal.strategies.common import (fleet_unit, per_user_route, routed_predictor, schedule,
+                                        user_groups)
+from personal.strategies.registry import register_strategy
+
+FOLDER = "adapters/prefix_per_user"
+
+
+@dataclass
+class PrefixConfig:
+    """Per-user soft prompts (schedule from `train` unless set here)."""
+
+    prefix_len: int = 8
+    """Virtual tokens per user."""
+    epochs: Optional[float] = 3.0
+    """Passes over the user's training turns."""
+    lr: Optional[float] = 1e-2
+    """Peak learning rate: soft prompts need a larger one than LoRA."""
+    batch_size: Optional[int] = None
+    """Turns per step (None: train.batch_size)."""
+    eval_every: Optional[int] = 0
+    """Validation checks every N steps (0: once per epoch)."""
+    patience: Optional[int] = None
+    """Checks without improvement before stopping (None: train.patience)."""
+
+
+def spec(ctx, scfg: PrefixConfig) -> FleetSpec:
+    if scfg.prefix_len < 1:
+        from personal.errors import PersonalError
+        raise PersonalError(f"strategy.prefix_per_user.prefix_len must be >= 1, "
+                            f"got {scfg.prefix_len}")
+    return FleetSpec(folder=FOLDER, train_lora=False, prefix_len=scfg.prefix_len,
+                     train=schedule(ctx, epochs=scfg.epochs, lr=scfg.lr,
+                                    batch_size=scfg.batch_size, eval_every=scfg.eval_every,
+                                    patience=scfg.patience))
+
+
+@register_strategy("prefix_per_user", PrefixConfig)
+def stages(ctx, scfg: PrefixConfig) -> list:
+    groups, vals = user_groups(ctx, "train"), user_groups(ctx, "val")
+    fleet = fleet_unit(ctx, "train/prefix_per_user", groups, vals, spec(ctx, scfg))
+    return [[fleet]]
+
+
+def predictor(ctx, scfg: PrefixConfig):
+    """Users without a prefix (cold-start) get the base model: a stack holds one key set,
+    and the unified adapter has no prefix table."""
+    names = sorted(user_groups(ctx, "train"))
+    folders = [ctx.run.path / FOLDER / n for n in names]
+    return routed_predictor(ctx, folders, per_user_route(names, -1))
