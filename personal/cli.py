@@ -278,15 +278,16 @@ def report(run: Path = typer.Argument(..., help="Run directory with evaluated st
     typer.echo(f"wrote {path} and {path.with_suffix('.html')}")
 
 
-@app.command("run", epilog="Example: personal run --plan baseline --run runs/main eval.max_users=20")
-def run_main(plan: str = typer.Option("baseline", "--plan", help="Which strategies to run."),
+@app.command("run", epilog="Example: personal run --plan phase1 --run runs/main eval.max_users=20")
+def run_main(plan: str = typer.Option("phase1", "--plan", help="Which strategies to run "
+                                      "(phase1: the study's table; baseline: base + unified)."),
              data: Optional[Path] = typer.Option(None, "--data", help="Data folder (data.path)."),
              run: Path = typer.Option(Path("runs/main"), "--run", help="Run directory."),
              address: Optional[str] = typer.Option(None, "--address", help="Run on the Ray "
                                                    "cluster at this address (Ray executor)."),
-             ray: bool = typer.Option(False, "--ray", help="Use the Ray executor on a local "
-                                      "runtime started in-process (default: in-process, "
-                                      "no Ray)."),
+             ray: bool = typer.Option(True, "--ray/--no-ray", help="Ray executor (default: "
+                                      "a local runtime started in-process, or --address); "
+                                      "--no-ray runs everything in this process."),
              config: Optional[Path] = CONFIG_OPT, overrides: List[str] = OVERRIDES_ARG,
              quiet: bool = QUIET_OPT) -> None:
     """The main job: data, base model, every strategy of the plan, evaluation, report."""
@@ -300,11 +301,22 @@ def run_main(plan: str = typer.Option("baseline", "--plan", help="Which strategi
     if address or ray:
         from personal.distributed.executor import run_experiment
 
-        path = run_experiment(cfg, run, PLANS[plan], address=address)
+        path = run_experiment(cfg, run, PLANS[plan], address=address,
+                              temp_dir=_ray_temp(run) if not address else None)
     else:
         path = run_plan(cfg, run, PLANS[plan])
     typer.echo(path.read_text(encoding="utf-8"))
     typer.echo(f"report: {path} ({time.perf_counter() - t0:.0f}s)")
+
+
+def _ray_temp(run: Path) -> str:
+    """A short temp folder for the local Ray runtime (Unix socket paths must stay short),
+    named after the run so concurrent runs do not share one."""
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:8]
+    return str(Path(tempfile.gettempdir()) / f"personal-ray-{tag}")
 
 
 @app.command("tune", epilog="Example: personal tune configs/sweep_ranks.yaml --run runs/sweep "

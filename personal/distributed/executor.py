@@ -65,18 +65,12 @@ def run_experiment(cfg: Config, run_path: str | Path, strategies: list[str], *,
     (`num_cpus`, temp files in `temp_dir` or a fresh temp folder). Returns the report path."""
     from personal.distributed.runtime import absolute_config, ray_runtime
     from personal.experiment.context import Context
-    from personal.experiment.pipeline import evaluate_noise_ceiling, prepare_base, report_run
+    from personal.experiment.pipeline import execute_plan
 
     cfg = absolute_config(cfg)
     ctx = Context.create(cfg, run_path)
-    prepare_base(ctx)
-    evaluate_noise_ceiling(ctx)
     if not use_ray:
-        for name in strategies:
-            train_and_evaluate(ctx, name, use_ray=False)
-        return report_run(ctx.run.path)
+        return execute_plan(ctx, strategies)
     temp = temp_dir or tempfile.mkdtemp(prefix="personal-ray-")
     with ray_runtime(address or cfg.ray.address, num_cpus, temp):
-        for name in strategies:
-            train_and_evaluate(ctx, name, use_ray=True)
-    return report_run(ctx.run.path)
+        return execute_plan(ctx, strategies, stages_fn=ray_stages)

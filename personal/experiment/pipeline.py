@@ -21,8 +21,11 @@ from personal.strategies.registry import Unit, get_strategy, strategy_config
 log = logging.getLogger("personal")
 
 PLANS = {
+    "phase1": ["base", "unified_lora", "per_user_lora", "hybrid_lora", "prefix_per_user",
+               "cluster_lora", "retrieval", "retrieval_trained", "selective"],
     "baseline": ["base", "unified_lora"],
 }
+"""Named lists of strategies for `personal run --plan`; phase1 is the study's table."""
 
 
 def strategy_units(ctx: Context, name: str) -> list[list[Unit]]:
@@ -143,15 +146,35 @@ def write_per_user_csv(path: Path, per_user: dict[str, dict[str, float]]) -> Non
             w.writerow([user] + [scores.get(m, "") for m in metrics])
 
 
-def run_plan(cfg: Config, run_path: str | Path, strategies: list[str]) -> Path:
-    """Train, evaluate and report the given strategies in one run; returns the report path."""
-    ctx = Context.create(cfg, run_path)
+def plan_units(ctx: Context, strategies: list[str], stages_fn=strategy_units) -> list[str]:
+    """Every unit the plan will meet, in order (shared units once): what progress counts."""
+    names = ["base/prepare", "eval/noise_ceiling"]
+    for name in strategies:
+        names += [u.name for stage in stages_fn(ctx, name) for u in stage] + [f"eval/{name}"]
+    return list(dict.fromkeys(names))
+
+
+def execute_plan(ctx: Context, strategies: list[str], stages_fn=strategy_units) -> Path:
+    """Base, noise ceiling, then train + evaluate each strategy with a progress line per
+    unit (stage, elapsed, ETA); writes the report and returns its path."""
+    from personal.experiment.progress import attach, format_seconds
+
+    progress = attach(ctx.run, plan_units(ctx, strategies, stages_fn))
     prepare_base(ctx)
     evaluate_noise_ceiling(ctx)
     for name in strategies:
-        trained = train_strategy(ctx, name)
+        trained = train_strategy(ctx, name, stages_fn)
         evaluate_strategy(ctx, name, trained)
+    ctx.run.write_json("timings.json", {"plan": strategies, "units": progress.summary(),
+                                        "total_seconds": progress.elapsed()})
+    log.info("plan finished in %s", format_seconds(progress.elapsed()))
     return report_run(ctx.run.path)
+
+
+def run_plan(cfg: Config, run_path: str | Path, strategies: list[str]) -> Path:
+    """Train, evaluate and report the given strategies in one run, in this process (no Ray);
+    returns the report path."""
+    return execute_plan(Context.create(cfg, run_path), strategies)
 
 
 def report_run(run_path: str | Path) -> Path:

@@ -73,6 +73,8 @@ class Run:
     """Handle on `runs/<name>/`."""
 
     path: Path
+    progress: Any = None
+    """A PlanProgress that run_unit reports each unit's start and end to (or None)."""
 
     @classmethod
     def open(cls, path: str | Path, cfg: Config, data_fingerprint: str) -> "Run":
@@ -117,11 +119,18 @@ class Run:
         log = logging.getLogger("personal")
         if self.unit_done(unit, inputs_hash):
             log.info("skip %s (finished, inputs unchanged)", unit)
+            if self.progress is not None:
+                self.progress.end(unit, 0.0, skipped=True)
             return self.read_json(f"units/{_safe(unit)}.json")["result"]
-        log.info("start %s", unit)
+        if self.progress is not None:
+            self.progress.begin(unit)
+        else:
+            log.info("start %s", unit)
         t0 = time.perf_counter()
         result = fn() or {}
         seconds = time.perf_counter() - t0
+        if self.progress is not None:
+            self.progress.end(unit, seconds, skipped=False)
         self.write_json(f"units/{_safe(unit)}.json", {
             "unit": unit, "inputs": inputs_hash, "outputs": outputs, "seconds": seconds,
             "result": result, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
