@@ -82,5 +82,5 @@ def strategy_config_dict(cfg: Any) -> dict:
 
 def _import_builtin() -> None:
     """Import the built-in strategy modules so they register themselves."""
-    from personal.strategies import (base_model, hybrid, per_user, prefix,  # noqa: F401
-                                     selective, unified)
+    from personal.strategies import (base_model, cluster, hybrid, per_user,  # noqa: F401
+                                     prefix, retrieval, selective, unified)

@@ -1,0 +1,308 @@
+"""retrieval: the unified adapter with the user's own top-k past exchanges in the prompt
+(`retrieval`), or a unified adapter trained on such prompts (`retrieval_trained`).
+
+Each user's training turns are indexed (faiss inner product over MiniLM embeddings of the user
+message + session context); a turn's prompt gets the k best of the SAME user's past exchanges
+(by similarity, recency or a weighted hybrid) as raw exchanges, a summary of usual settings or
+preference statements, through the chat format's `extra_context` hook. A small model cannot
+use retrieved examples it never saw in training: `retrieval_trained` continues the unified
+adapter (or a fresh one) for a fraction of an epoch on retrieval-augmented prompts, each
+training turn retrieving from its user's OTHER training sessions.
+
+    personal train retrieval strategy.retrieval.k=5 strategy.retrieval.method=hybrid
+    personal train retrieval_trained strategy.retrieval_trained.format=summary
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from personal.config import to_dict
+from personal.data.schema import Example
+from personal.errors import PersonalError
+from personal.experiment.runs import stable_hash
+from personal.strategies import unified
+from personal.strategies.common import schedule
+from personal.strategies.registry import Unit, register_strategy
+from personal.strategies.retrieval_index import (FORMATS, METHODS, Retriever, RetrievalSettings,
+                                                 build_memory, last_user_message, memory_texts,
+                                                 split_rows)
+
+TRAINED = "adapters/retrieval_trained"
+INDEX_DIR = "retrieval"
+#: Version of what an index row holds (key text recipe + embedder); bump when either changes.
+INDEX_RECIPE = "user-message+context|all-MiniLM-L6-v2|float16"
+
+
+@dataclass
+class RetrievalConfig:
+    """Retrieval-augmented prompts on the unified adapter (adapter from `lora` / `train`)."""
+
+    k: int = 3
+    """Past exchanges retrieved per turn (0: none, exactly the unified prompt)."""
+    method: str = "similarity"
+    """How they are ranked: `similarity` (cosine of MiniLM embeddings of user message +
+    context), `recency` (latest sessions first) or `hybrid` (weighted sum of both)."""
+    hybrid_weight: float = 0.5
+    """Weight of similarity in `hybrid` (recency gets 1 - weight; both lie in [0, 1])."""
+    format: str = "raw"
+    """How they enter the prompt: `raw` exchanges ("User: ... / Assistant: ..."), a `summary`
+    of the settings they made ("Usual settings: ac temperature 22 (2x), ..."), or
+    `preferences` (one "When <context>: <settings>." statement per exchange)."""
+    exchange_chars: int = 160
+    """Characters per raw exchange (user message at most half, the reply the rest): ~50
+    tokens of the built-in base, so k=3 raw exchanges fit `context_tokens`."""
+    context_tokens: int = 160
+    """Token budget of the retrieved block, never more than half of the prompt's room
+    (model.max_seq_len - generation.max_new_tokens; 160 by default) nor so much that the
+    latest user message would be cut: the history keeps the rest (dropped oldest first).
+    The worst-ranked pieces are dropped until the block fits, so raw exchanges beyond ~3
+    and summaries beyond ~10 exchanges add nothing at 384 tokens."""
+
+
+@dataclass
+class RetrievalTrainedConfig(RetrievalConfig):
+    """`retrieval` with an adapter trained on retrieval-augmented prompts."""
+
+    init: str = "unified"
+    """Start from the run's `unified` adapter (trained too) or a fresh one on the `base`."""
+    epochs: Optional[float] = 0.25
+    """Passes over the training turns. Retrieved context does not pack into sessions: one
+    sequence per turn, so a pass costs ~5x the tokens of a packed unified pass (raw, k=3:
+    165k vs 33k tokens on 5 default users). A quarter costs about one unified epoch and
+    shows the adapter ~5.6k retrieval prompts on the default data."""
+    lr: Optional[float] = 1e-3
+    """Peak learning rate (None: train.lr); below the unified run's, as a continuation."""
+    batch_size: Optional[int] = None
+    """Turns per step (None: train.batch_size)."""
+    eval_every: Optional[int] = None
+    """Validation checks every N steps (None: train.eval_every; 0: once per epoch)."""
+    patience: Optional[int] = None
+    """Checks without improvement before stopping (None: train.patience)."""
+
+
+def check(scfg: RetrievalConfig) -> None:
+    """A PersonalError naming the bad option, before any work is done."""
+    bad = []
+    if scfg.k < 0:
+        bad.append(f"k must be >= 0, got {scfg.k}")
+    if scfg.method not in METHODS:
+        bad.append(f"method must be one of {', '.join(METHODS)}, got {scfg.method!r}")
+    if scfg.format not in FORMATS:
+        bad.append(f"format must be one of {', '.join(FORMATS)}, got {scfg.format!r}")
+    if not 0.0 <= scfg.hybrid_weight <= 1.0:
+        bad.append(f"hybrid_weight must lie in [0, 1], got {scfg.hybrid_weight}")
+    if scfg.exchange_chars < 20 or scfg.context_tokens < 1:
+        bad.append("exchange_chars must be >= 20 and context_tokens >= 1")
+    if isinstance(scfg, RetrievalTrainedConfig) and scfg.init not in ("unified", "base"):
+        bad.append(f"init must be 'unified' or 'base', got {scfg.init!r}")
+    if bad:
+        raise PersonalError("strategy retrieval: " + "; ".join(bad))
+
+
+def settings(scfg: RetrievalConfig) -> RetrievalSettings:
+    return RetrievalSettings(k=scfg.k, method=scfg.method, hybrid_weight=scfg.hybrid_weight,
+                             format=scfg.format, exchange_chars=scfg.exchange_chars)
+
+
+def uses_index(scfg: RetrievalConfig) -> bool:
+    """Only similarity and hybrid ranking need embeddings of the memory."""
+    return scfg.k > 0 and scfg.method != "recency"
+
+
+def memory_personas(ctx, trained: bool) -> list[str]:
+    """Users whose exchanges are indexed: the evaluated ones, plus the training users when
+    an adapter is trained on retrieval prompts (dataset order)."""
+    wanted = set(ctx.eval_personas()) | (set(ctx.training_personas()) if trained else set())
+    return [p.persona_id for p in ctx.dataset.personas if p.persona_id in wanted]
+
+
+# --- The index unit -------------------------------------------------------------------------
+
+def index_inputs(ctx, personas: list[str]) -> str:
+    return stable_hash("retrieval/index", ctx.fingerprint, personas, INDEX_RECIPE)
+
+
+def index_path(ctx, personas: list[str]) -> Path:
+    return ctx.run.path / INDEX_DIR / f"index_{index_inputs(ctx, personas)}.npy"
+
+
+def memory_vectors(ctx, memory: dict) -> np.ndarray:
+    """Embeddings of every memory exchange (rows in `memory_texts` order): read from the run
+    when the index file is there, else embedded (each distinct text once) and written.
+    Kept in half precision on disk (17 MB for the default 22k turns) and used as read, so a
+    fresh process retrieves exactly what the first one did."""
+    from personal.eval.embed import embed
+
+    path = index_path(ctx, list(memory))
+    texts = memory_texts(memory)
+    if path.is_file():
+        vectors = np.load(path)
+        if len(vectors) == len(texts):
+            return vectors.astype(np.float32)
+    vectors = embed(texts).astype(np.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, vectors)
+    tmp.replace(path)  # atomic: a killed unit never leaves half an index
+    return vectors.astype(np.float32)
+
+
+def index_unit(ctx, name: str, personas: list[str]) -> Unit:
+    """Embed the memory of `personas` into `retrieval/index_<inputs>.npy`."""
+    def work() -> dict:
+        memory = build_memory(ctx.dataset, ctx.splits, personas)
+        vectors = memory_vectors(ctx, memory)
+        return {"users": len(memory), "exchanges": int(len(vectors))}
+
+    path = index_path(ctx, personas).relative_to(ctx.run.path)
+    return Unit(f"{name}/index", index_inputs(ctx, personas), work, [str(path)])
+
+
+#: Tokens the chat template adds around the system and the latest user message (role
+#: markers, end-of-turn tokens, the generation prompt); generous for the built-in and Qwen.
+TEMPLATE_TOKENS = 16
+
+
+def block_budget(ctx, scfg: RetrievalConfig, count_tokens: Callable[[list[str]], list[int]]
+                 ) -> Callable[[Example], int]:
+    """Tokens the retrieved block of an example may use: `context_tokens`, at most half of the
+    prompt's room, and never so many that the system text and the latest user message no
+    longer fit (the format drops history oldest first, and the request itself must stay)."""
+    from personal.models.chat import system_text
+
+    room = ctx.cfg.model.max_seq_len - ctx.cfg.generation.max_new_tokens
+    cap = min(scfg.context_tokens, max(room // 2, 1))
+    characters = ctx.prompt_format().characters
+
+    def budget(example: Example) -> int:
+        system = system_text(example.meta, characters.get(example.persona_id))
+        reserve = sum(count_tokens([system, last_user_message(example.history)]))
+        return min(cap, room - reserve - TEMPLATE_TOKENS)
+
+    return budget
+
+
+def load_retriever(ctx, scfg: RetrievalConfig, personas: list[str]) -> Retriever:
+    """The hook over `personas`' memory, with the run's tokenizer counting the budget."""
+    from personal.eval.embed import embed
+    memory = build_memory(ctx.dataset, ctx.splits, personas)
+    vectors = split_rows(memory, memory_vectors(ctx, memory)) if uses_index(scfg) else None
+    tokenizer = ctx.base[1]
+
+    def count(texts: list[str]) -> list[int]:  # one batched call: the hook runs per turn
+        if not texts:
+            return []
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    return Retriever(memory, vectors, settings(scfg), count, block_budget(ctx, scfg, count),
+                     embed_queries=embed)
+
+
+def retrieval_format(ctx, retriever: Retriever):
+    """The run's prompt format with the retrieved block; k=0 is exactly the plain format."""
+    return ctx.prompt_format(extra_context=retriever if retriever.settings.k > 0 else None)
+
+
+# --- The two strategies ---------------------------------------------------------------------
+
+@register_strategy("retrieval", RetrievalConfig)
+def stages(ctx, scfg: RetrievalConfig) -> list[list[Unit]]:
+    check(scfg)
+    index = [index_unit(ctx, "retrieval", memory_personas(ctx, False))] if uses_index(scfg) else []
+    # one stage: the index does not depend on the adapter, so the two can run side by side
+    return [unified.stages(ctx, unified.UnifiedConfig())[0] + index]
+
+
+@register_strategy("retrieval_trained", RetrievalTrainedConfig)
+def trained_stages(ctx, scfg: RetrievalTrainedConfig) -> list[list[Unit]]:
+    check(scfg)
+    first = unified.stages(ctx, unified.UnifiedConfig())[0] if scfg.init == "unified" else []
+    if uses_index(scfg):
+        first.append(index_unit(ctx, "retrieval_trained", memory_personas(ctx, True)))
+    return [first, [train_unit(ctx, scfg)]] if first else [[train_unit(ctx, scfg)]]
+
+
+def train_unit(ctx, scfg: RetrievalTrainedConfig) -> Unit:
+    d = to_dict(ctx.cfg)
+    upstream = unified.training_inputs(ctx) if scfg.init == "unified" else None
+    inputs = stable_hash("retrieval_trained", ctx.fingerprint, ctx.base_key, d["lora"],
+                         d["train"], d["data"]["history_messages"], d["model"]["include_character"],
+                         d["model"]["max_seq_len"], d["generation"]["max_new_tokens"],
+                         dataclasses.asdict(scfg), upstream, INDEX_RECIPE)
+    return Unit("train/retrieval_trained", inputs, lambda: train_with_retrieval(ctx, scfg),
+                [TRAINED])
+
+
+def start_adapter(ctx, init: str):
+    """The adapter training starts from: the unified one (trainable) or a fresh LoRA."""
+    from peft import PeftModel
+
+    from personal.models.lora import attach_lora
+
+    model = ctx.base[0]
+    if init == "base":
+        return attach_lora(model, ctx.cfg.lora)
+    folder = ctx.run.path / unified.ADAPTER
+    if not (folder / "adapter_config.json").is_file():
+        raise PersonalError(f"{folder}: unified adapter not trained yet (init=unified)")
+    return PeftModel.from_pretrained(copy.deepcopy(model), str(folder), is_trainable=True)
+
+
+def train_with_retrieval(ctx, scfg: RetrievalTrainedConfig) -> dict:
+    """`train_lora`'s loop from `init`, on training turns whose prompts carry what their
+    user's other training sessions retrieve (own session excluded by the retriever)."""
+    from personal.models.lora import (TrainResult, pad_id, save_adapter, spread_sample,
+                                      train_settings)
+    from personal.models.training import seed_everything, train_loop
+
+    personas, tokenizer = ctx.training_personas(), ctx.base[1]
+    tcfg = schedule(ctx, epochs=scfg.epochs, lr=scfg.lr, batch_size=scfg.batch_size,
+                    eval_every=scfg.eval_every, patience=scfg.patience)
+    train_ex = ctx.examples("train", personas)
+    val_ex = spread_sample(ctx.examples("val", personas), tcfg.max_val_examples)
+    retriever = load_retriever(ctx, scfg, memory_personas(ctx, True))
+    retriever.prepare(train_ex + val_ex)
+    fmt = retrieval_format(ctx, retriever)
+    seed_everything(tcfg.seed)
+    model = start_adapter(ctx, scfg.init)
+    train = fmt.encode_training(tokenizer, train_ex, tcfg.pack_sessions)
+    val = [fmt.encode(tokenizer, e) for e in val_ex]
+    loop = train_loop(model, train, val, train_settings(tcfg), pad_id(tokenizer),
+                      progress=ctx.progress, desc="train retrieval adapter")
+    model.eval()
+    result = TrainResult(model=model, **dataclasses.asdict(loop))
+    result.adapter_dir = str(save_adapter(model, ctx.run.path / TRAINED, result))
+    return {k: v for k, v in result.to_dict().items() if k != "train_losses"}
+
+
+def predictor(ctx, scfg: RetrievalConfig):
+    """Both variants: their adapter, prompts carrying each turn's retrieved block."""
+    from peft import PeftModel
+
+    from personal.models.generate import generate
+
+    trained = isinstance(scfg, RetrievalTrainedConfig)
+    check(scfg)
+    if trained:
+        folder = ctx.run.path / TRAINED
+        if not (folder / "adapter_config.json").is_file():
+            raise PersonalError(f"{folder}: not trained yet; run `personal train "
+                                f"retrieval_trained` first")
+        model = PeftModel.from_pretrained(copy.deepcopy(ctx.base[0]), str(folder)).eval()
+    else:
+        model = unified.load_unified(ctx)
+    retriever = load_retriever(ctx, scfg, memory_personas(ctx, trained))
+    fmt = retrieval_format(ctx, retriever)
+
+    def predict(examples):
+        retriever.prepare(examples)  # one embedding batch for all queries
+        return generate(model, ctx.base[1], examples, ctx.cfg.generation, fmt=fmt,
+                        progress=ctx.progress)
+
+    return predict
