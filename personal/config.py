@@ -156,8 +156,9 @@ class GenerationConfig:
 
     max_new_tokens: int = 64
     """Longest assistant turn generated."""
-    batch_size: int = 64
-    """Prompts per generate() call."""
+    batch_size: int = 256
+    """Prompts per generate() call: a small model's decoding is bound by per-step overhead,
+    so large batches are several times faster on CPU (lower it for a large base)."""
     do_sample: bool = False
     """Greedy (False) or sampling (True)."""
     temperature: float = 1.0

@@ -72,3 +72,20 @@ def test_smoke_sweep_one_row_per_trial_and_resume(tmp_path, ray_local):
     again = run_sweep(cfg, tmp_path / "run", grid)  # restored: finished trials are not rerun
     assert [r["emb_sim"] for r in again["rows"]] == [r["emb_sim"] for r in rows]
     assert [u.stat().st_mtime for u in units] == stamps
+
+
+def test_units_every_trial_shares_are_trained_once(tmp_path):
+    """A hybrid sweep over its own learning rate: the unified adapter it starts from is the
+    same for every trial, so it is trained once and copied; the hybrid fleets are not."""
+    from personal.distributed.tune import share_upstream, trial_run
+
+    cfg = smoke_config(tmp_path / "world", users=3, sessions=6)
+    grid = parse_grid(["strategy.hybrid_lora.lr=[0.001,0.01]"], cfg)
+    shared = share_upstream(cfg, tmp_path / "sweep", grid, "hybrid_lora")
+    assert shared == ["train/unified_lora"]
+    runs = [trial_run(tmp_path / "sweep", {"strategy.hybrid_lora.lr": lr}) for lr in (0.001, 0.01)]
+    records = [json.loads((r / "units/train__unified_lora.json").read_text()) for r in runs]
+    assert records[0] == records[1]  # one training, its record copied
+    weights = [(r / "adapters/unified_lora/adapter_model.safetensors").read_bytes() for r in runs]
+    assert weights[0] == weights[1]
+    assert not list(runs[1].glob("adapters/hybrid_lora/*"))  # not shared: each trial's own

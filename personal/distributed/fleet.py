@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -293,7 +293,7 @@ def _fleet_on_ray(ctx, groups, val_groups, split, val_split, workers, adapters_p
     from ray.train.torch import TorchTrainer
 
     from personal.distributed.runtime import (config_payload, prepare_base, scaling_config,
-                                              storage_dir)
+                                              storage_dir, worker_threads)
 
     prepare_base(ctx)
     run = ctx.run.path.resolve()
@@ -304,7 +304,7 @@ def _fleet_on_ray(ctx, groups, val_groups, split, val_split, workers, adapters_p
         fleet_worker,
         train_loop_config={"cfg": config_payload(ctx.cfg), "run": str(run), "groups": keyed,
                            "val_groups": vkeyed, "adapters_per_call": adapters_per_call,
-                           "fault": fault, "threads": ctx.cfg.ray.cpus_per_worker,
+                           "fault": fault, "threads": worker_threads(ctx.cfg, workers),
                            "spec": spec_dict(spec)},
         scaling_config=scaling_config(ctx.cfg, workers),
         run_config=RunConfig(name=f"fleet-{stable_hash(sorted(groups), time.time())}",

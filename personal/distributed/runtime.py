@@ -81,6 +81,16 @@ def worker_resources(cfg: Config) -> dict[str, float]:
     return res
 
 
+def worker_threads(cfg: Config, num_workers: int) -> int:
+    """Torch threads of one Ray Train worker: its `ray.cpus_per_worker`, or on a local
+    runtime (no address) this machine's cores shared among the workers, so a laptop's one
+    default worker is not held to a single core while the driver waits."""
+    local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    if local:
+        return max(cfg.ray.cpus_per_worker, (os.cpu_count() or 1) // max(1, num_workers))
+    return cfg.ray.cpus_per_worker
+
+
 def scaling_config(cfg: Config, num_workers: Optional[int] = None):
     """Ray Train ScalingConfig from `cfg.ray` (workers, GPUs, CPUs per worker)."""
     from ray.train import ScalingConfig

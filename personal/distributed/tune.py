@@ -87,11 +87,61 @@ def sweep_trial(config: dict) -> None:
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     params = {k: config[f"p{i}"] for i, k in enumerate(config["keys"])}
     cfg = trial_config(config_from_payload(config["cfg"]), params)
-    run = Path(config["root"]) / "trials" / stable_hash(params)
+    run = trial_run(config["root"], params)
     ctx = Context.create(cfg, run)
     summary = train_and_evaluate(ctx, config["strategy"], use_ray=cfg.ray.num_workers > 1)
     tune.report({k: v for k, v in summary["macro"].items() if _finite(v)}
                 | {"examples": summary["examples"], "trial_run": str(run)})
+
+
+def trial_run(root: str | Path, params: dict[str, Any]) -> Path:
+    """The run directory of one trial."""
+    return Path(root) / "trials" / stable_hash(params)
+
+
+def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
+
+
+def share_upstream(cfg: Config, root: str | Path, grid: dict[str, list],
+                   strategy: str) -> list[str]:
+    """Train once the leading units every trial has in common (same name, same inputs: e.g.
+    the unified adapter a retrieval or cluster sweep starts from) and copy their records and
+    outputs into every trial's run, where they are then skipped. Stops at the first unit the
+    trials do not share (later units may depend on it). Returns the shared unit names."""
+    import shutil
+
+    from personal.experiment.context import Context
+    from personal.experiment.pipeline import strategy_units
+    from personal.experiment.runs import _safe
+
+    points = grid_points(grid)
+    if len(points) < 2:
+        return []
+    ctxs = [Context.create(trial_config(cfg, p), trial_run(root, p)) for p in points]
+    units = [[u for stage in strategy_units(c, strategy) for u in stage] for c in ctxs]
+    shared = []
+    for i, unit in enumerate(units[0]):
+        if any(len(us) <= i or (us[i].name, us[i].inputs) != (unit.name, unit.inputs)
+               for us in units[1:]):
+            break
+        first = ctxs[0].run
+        first.run_unit(unit.name, unit.inputs, unit.fn, unit.outputs)
+        record = f"units/{_safe(unit.name)}.json"
+        for ctx in ctxs[1:]:
+            if ctx.run.unit_done(unit.name, unit.inputs):
+                continue
+            for out in unit.outputs:
+                src, dst = first.path / out, ctx.run.path / out
+                if src.is_dir():
+                    shutil.copytree(src, dst, dirs_exist_ok=True)
+                elif src.exists():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, dst)
+            ctx.run.write_json(record, first.read_json(record))
+        shared.append(unit.name)
+    return shared
 
 
 def _finite(v: Any) -> bool:
@@ -112,6 +162,7 @@ def run_sweep(cfg: Config, run_path: str | Path, grid: dict[str, list], *,
         raise PersonalError("run_sweep: empty grid (give key=[v1,v2,...] items)")
     root = Path(run_path).resolve()
     prepare_base(worker_context(config_payload(cfg), root))  # data, splits, base made once
+    share_upstream(cfg, root, grid, strategy)
     keys = list(grid)
     space = {"cfg": config_payload(cfg), "root": str(root), "strategy": strategy,
              "keys": keys, "threads": cfg.ray.cpus_per_worker}

@@ -290,15 +290,16 @@ def train_unified_on_ray(ctx, max_failures: int = 2) -> dict:
     from ray.train.torch import TorchTrainer
 
     from personal.distributed.runtime import (config_payload, prepare_base, scaling_config,
-                                              storage_dir)
+                                              storage_dir, worker_threads)
     from personal.strategies.unified import training_inputs
 
     prepare_base(ctx)
+    workers = ctx.cfg.ray.num_workers
     run = ctx.run.path.resolve()
     trainer = TorchTrainer(
         unified_worker,
         train_loop_config={"cfg": config_payload(ctx.cfg), "run": str(run),
-                           "threads": ctx.cfg.ray.cpus_per_worker},
+                           "threads": worker_threads(ctx.cfg, workers)},
         scaling_config=scaling_config(ctx.cfg),
         run_config=RunConfig(name=f"unified_lora-{training_inputs(ctx)}",
                              storage_path=storage_dir(run),
