@@ -141,15 +141,20 @@ def test_a_chatml_template_works_and_its_end_marker_is_found(tok):
     assert f["input_ids"][-1] == t.convert_tokens_to_ids("<|im_end|>")
 
 
-def test_packed_sessions_carry_the_same_targets_in_fewer_tokens(tok):
+def session_of(n_messages):
+    """(messages, examples with a 2-message history) of one alternating session."""
     from personal.data.examples import session_examples
     from personal.data.schema import Persona, Session
 
-    msgs = [Message("user" if i % 2 == 0 else "assistant", SENTENCES[i % 6]) for i in range(10)]
+    msgs = [Message("user" if i % 2 == 0 else "assistant", SENTENCES[i % 6])
+            for i in range(n_messages)]
     persona = Persona(persona_id="persona_001", character=None, routines=[],
-                      sessions=[Session(session_id=0, meta=META,
-                                                                  messages=msgs)])
-    examples = session_examples(persona, persona.sessions[0], history_messages=2)
+                      sessions=[Session(session_id=0, meta=META, messages=msgs)])
+    return msgs, session_examples(persona, persona.sessions[0], history_messages=2)
+
+
+def test_packed_sessions_carry_the_same_targets_in_fewer_tokens(tok):
+    msgs, examples = session_of(10)
     fmt = PromptFormat(512, 2)
     turns = fmt.encode_training(tok, examples, pack_sessions=False)
     packed = fmt.encode_training(tok, examples, pack_sessions=True)
@@ -163,14 +168,7 @@ def test_packed_sessions_carry_the_same_targets_in_fewer_tokens(tok):
 
 
 def test_a_session_that_cannot_be_pieced_together_is_encoded_turn_by_turn(tok):
-    from personal.data.examples import session_examples
-    from personal.data.schema import Persona, Session
-
-    msgs = [Message("user" if i % 2 == 0 else "assistant", SENTENCES[i % 6]) for i in range(8)]
-    persona = Persona(persona_id="persona_001", character=None, routines=[],
-                      sessions=[Session(session_id=0, meta=META,
-                                                                  messages=msgs)])
-    examples = session_examples(persona, persona.sessions[0], history_messages=2)
+    _, examples = session_of(8)
     gappy = [examples[0], examples[3]]  # turns 1 and 7: the assistant turns 3, 5 are missing
     fmt = PromptFormat(512, 2)
     assert fmt.encode_training(tok, gappy) == [fmt.encode(tok, e) for e in gappy]

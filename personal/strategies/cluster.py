@@ -30,7 +30,8 @@ from personal.distributed.fleet import FleetSpec, spec_dict
 from personal.errors import PersonalError
 from personal.experiment.runs import stable_hash
 from personal.strategies import unified
-from personal.strategies.common import fleet_unit, routed_predictor, schedule, user_groups
+from personal.strategies.common import (fleet_schedule, fleet_unit, routed_predictor,
+                                        schedule, user_groups)
 from personal.strategies.registry import Unit, register_strategy
 
 NAME = "cluster_lora"
@@ -373,9 +374,7 @@ def training_inputs(ctx, name: str, spec: FleetSpec, upstream: Sequence[str]) ->
 
 def cluster_spec(ctx, scfg: ClusterConfig) -> FleetSpec:
     return FleetSpec(folder=FOLDER, init_from=unified.ADAPTER if scfg.init == "unified" else None,
-                     train=schedule(ctx, epochs=scfg.epochs, lr=scfg.lr,
-                                    batch_size=scfg.batch_size, eval_every=scfg.eval_every,
-                                    patience=scfg.patience))
+                     train=fleet_schedule(ctx, scfg))
 
 
 def cluster_fleet_unit(ctx, scfg: ClusterConfig, assign: str) -> Unit:

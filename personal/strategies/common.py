@@ -26,6 +26,15 @@ def schedule(ctx, **changes) -> TrainConfig:
                                                  if v is not None})
 
 
+#: Schedule options a fleet strategy's config may carry; None keeps the run's `train` value.
+SCHEDULE_FIELDS = ("epochs", "lr", "batch_size", "eval_every", "patience")
+
+
+def fleet_schedule(ctx, scfg) -> TrainConfig:
+    """`schedule` with the strategy config's own SCHEDULE_FIELDS (those it has and sets)."""
+    return schedule(ctx, **{k: getattr(scfg, k, None) for k in SCHEDULE_FIELDS})
+
+
 def user_groups(ctx, split: str, personas: Optional[Sequence[str]] = None
                 ) -> dict[str, list[Example]]:
     """One group of `split` examples per training user (users with none are left out)."""

@@ -7,8 +7,8 @@ from typing import Optional
 
 from personal.distributed.fleet import FleetSpec
 from personal.strategies import unified
-from personal.strategies.common import (fleet_unit, per_user_route, routed_predictor, schedule,
-                                        user_groups)
+from personal.strategies.common import (fleet_schedule, fleet_unit, per_user_route,
+                                        routed_predictor, user_groups)
 from personal.strategies.registry import register_strategy
 
 FOLDER = "adapters/hybrid_lora"
@@ -35,9 +35,7 @@ class HybridConfig:
 
 def spec(ctx, scfg: HybridConfig) -> FleetSpec:
     return FleetSpec(folder=FOLDER, init_from=unified.ADAPTER, l2_lambda=scfg.l2_lambda,
-                     train=schedule(ctx, epochs=scfg.epochs, lr=scfg.lr,
-                                    batch_size=scfg.batch_size, eval_every=scfg.eval_every,
-                                    patience=scfg.patience))
+                     train=fleet_schedule(ctx, scfg))
 
 
 @register_strategy("hybrid_lora", HybridConfig)

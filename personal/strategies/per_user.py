@@ -7,8 +7,8 @@ from typing import Optional
 
 from personal.distributed.fleet import FleetSpec
 from personal.strategies import unified
-from personal.strategies.common import (fleet_unit, per_user_route, routed_predictor, schedule,
-                                        user_groups)
+from personal.strategies.common import (fleet_schedule, fleet_unit, per_user_route,
+                                        routed_predictor, user_groups)
 from personal.strategies.registry import register_strategy
 
 FOLDER = "adapters/per_user_lora"
@@ -45,10 +45,7 @@ def fallback_folders(ctx, fallback: str) -> list:
 
 
 def spec(ctx, scfg: PerUserConfig) -> FleetSpec:
-    return FleetSpec(folder=FOLDER, train=schedule(ctx, epochs=scfg.epochs, lr=scfg.lr,
-                                                   batch_size=scfg.batch_size,
-                                                   eval_every=scfg.eval_every,
-                                                   patience=scfg.patience))
+    return FleetSpec(folder=FOLDER, train=fleet_schedule(ctx, scfg))
 
 
 @register_strategy("per_user_lora", PerUserConfig)

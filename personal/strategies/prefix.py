@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from personal.distributed.fleet import FleetSpec
-from personal.strategies.common import (fleet_unit, per_user_route, routed_predictor, schedule,
-                                        user_groups)
+from personal.strategies.common import (fleet_schedule, fleet_unit, per_user_route,
+                                        routed_predictor, user_groups)
 from personal.strategies.registry import register_strategy
 
 FOLDER = "adapters/prefix_per_user"
@@ -37,9 +37,7 @@ def spec(ctx, scfg: PrefixConfig) -> FleetSpec:
         raise PersonalError(f"strategy.prefix_per_user.prefix_len must be >= 1, "
                             f"got {scfg.prefix_len}")
     return FleetSpec(folder=FOLDER, train_lora=False, prefix_len=scfg.prefix_len,
-                     train=schedule(ctx, epochs=scfg.epochs, lr=scfg.lr,
-                                    batch_size=scfg.batch_size, eval_every=scfg.eval_every,
-                                    patience=scfg.patience))
+                     train=fleet_schedule(ctx, scfg))
 
 
 @register_strategy("prefix_per_user", PrefixConfig)

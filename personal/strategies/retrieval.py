@@ -27,7 +27,7 @@ from personal.data.schema import Example
 from personal.errors import PersonalError
 from personal.experiment.runs import stable_hash
 from personal.strategies import unified
-from personal.strategies.common import schedule
+from personal.strategies.common import fleet_schedule
 from personal.strategies.registry import Unit, register_strategy
 from personal.strategies.retrieval_index import (FORMATS, METHODS, Retriever, RetrievalSettings,
                                                  build_memory, last_user_message, memory_texts,
@@ -262,8 +262,7 @@ def train_with_retrieval(ctx, scfg: RetrievalTrainedConfig) -> dict:
     from personal.models.training import seed_everything, train_loop
 
     personas, tokenizer = ctx.training_personas(), ctx.base[1]
-    tcfg = schedule(ctx, epochs=scfg.epochs, lr=scfg.lr, batch_size=scfg.batch_size,
-                    eval_every=scfg.eval_every, patience=scfg.patience)
+    tcfg = fleet_schedule(ctx, scfg)
     train_ex = ctx.examples("train", personas)
     val_ex = spread_sample(ctx.examples("val", personas), tcfg.max_val_examples)
     retriever = load_retriever(ctx, scfg, memory_personas(ctx, True))
