@@ -238,15 +238,32 @@ def evaluate(run: Path = typer.Argument(..., help="Run directory made by `person
              strategy: List[str] = typer.Option(None, "--strategy", help="Strategies to "
                                                 "evaluate (default: every one trained in RUN)."),
              endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Evaluate a "
-                                                    "served endpoint (not built yet)."),
+                                                    "served endpoint (`personal serve`) "
+                                                    "of this run, e.g. http://127.0.0.1:8000."),
              overrides: List[str] = OVERRIDES_ARG, quiet: bool = QUIET_OPT) -> None:
     """Evaluate trained strategies on every test turn and write metrics."""
     from personal.experiment.context import Context
     from personal.experiment.pipeline import evaluate_strategy, trained_strategies, train_strategy
 
     if endpoint:
-        raise PersonalError("--endpoint: evaluation over HTTP comes with the Ray Serve issue "
-                            "and is not built yet")
+        # The run's evaluated split as concurrent HTTP traffic, scored as `<strategy>@endpoint`
+        # (retries and concurrency: personal.serving.http_eval).
+        from personal.serving.http_eval import evaluate_endpoint
+
+        _logging(quiet)
+        if strategy and len(strategy) > 1:
+            raise PersonalError("--endpoint serves one strategy: give at most one --strategy")
+        result = evaluate_endpoint(run, endpoint, _strategy_name(strategy[0]) if strategy
+                                   else None, overrides or [])
+        s, agree = result.serving, result.serving["offline_agreement"]
+        typer.echo(f"{result.name}: " + ", ".join(
+            f"{k}={v:.4f}" for k, v in result.summary["macro"].items()
+            if k in ("emb_sim", "device_precision", "param_f1")))
+        typer.echo(f"{s['requests']} requests in {s['seconds']:.1f}s ({s['requests_per_s']:.1f}"
+                   f"/s), p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms, {s['retries']} "
+                   "retries" + (f"; equal to offline: {agree['equal']}/{agree['compared']}"
+                                if agree else ""))
+        return
     _logging(quiet)
     cfg = _run_config(run, overrides)
     ctx = Context.create(cfg, run)
@@ -343,6 +360,41 @@ def tune(sweep: Path = typer.Argument(..., help="Sweep file: grid (dotted key: [
     with ray_runtime(address or cfg.ray.address, None, tempfile.mkdtemp(prefix="personal-ray-")):
         out = run_sweep(cfg, run, items, strategy=spec["strategy"], metric=spec["metric"])
     typer.echo(f"{len(out['rows'])} trials: table {out['table']}, report {out.get('report')}")
+
+
+@app.command("serve", epilog="Example: personal serve runs/main --strategy per_user_lora "
+                            "--port 8000")
+def serve_cmd(run: Path = typer.Argument(..., help="Run directory made by `personal train`."),
+              host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback "
+                                       "unless --allow-remote)."),
+              port: int = typer.Option(8000, "--port", help="HTTP port."),
+              strategy: Optional[str] = typer.Option(None, "--strategy", help="Strategy to "
+                                                     "serve (default: the one RUN trained)."),
+              allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow binding "
+                                                "a non-loopback address (no authentication!)."),
+              max_loaded_adapters: Optional[int] = typer.Option(
+                  None, "--max-loaded-adapters", help="Adapter slots per generator (least "
+                  "recently used evicted; default: ServeConfig's)."),
+              max_batch_size: Optional[int] = typer.Option(
+                  None, "--max-batch-size", help="Requests decoded together (1: one per "
+                  "batch; default: ServeConfig's)."),
+              replicas: Optional[int] = typer.Option(None, "--replicas",
+                                                     help="Generator replicas."),
+              address: Optional[str] = typer.Option(None, "--address", help="Ray cluster "
+                                                    "address (default: a local runtime)."),
+              overrides: List[str] = OVERRIDES_ARG, quiet: bool = QUIET_OPT) -> None:
+    """Serve a finished run over HTTP (Ray Serve): POST /v1/assist, GET /healthz."""
+    from personal.distributed.serve import serve_run
+    from personal.serving.routing import ServeConfig
+
+    _logging(quiet)
+    given = {"max_loaded_adapters": max_loaded_adapters, "max_batch_size": max_batch_size,
+             "generator_replicas": replicas}  # ServeConfig holds the defaults
+    scfg = ServeConfig(strategy=_strategy_name(strategy) if strategy else None,
+                       **{k: v for k, v in given.items() if v is not None})
+    serve_run(run, scfg, host=host, port=port, allow_remote=allow_remote, address=address,
+              temp_dir=None if address else _ray_temp(run), overrides=overrides or [],
+              on_ready=lambda url: typer.echo(f"serving {run} at {url} (Ctrl-C stops)"))
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -27,7 +27,8 @@ from safetensors.torch import load_file
 # dashboard and the client server get a free port of their own, and the job is submitted once
 # the dashboard and the head's agent answer (bounded waits that fail with the Ray log tail).
 # Passed every run since (2-3 min on 2 busy CPUs); a port taken between picking and binding
-# is the one race left. Still kept out of the default run by the `cluster` marker.
+# is the one race left. Kept out of the default run by the `cluster` marker; CI runs it with
+# the slow tests.
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]

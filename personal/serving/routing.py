@@ -1,0 +1,478 @@
+"""Serving without Ray: which adapter answers a user, which stack slot holds which adapter, and
+what a valid request is.
+
+- The route table maps a user id to a `Route` (run-relative adapter folders and weights; none:
+  the base model) by the run's strategy, exactly as its offline predictor routes the user's
+  turns. A user id is only ever a key of that table, never part of a path: `../../etc` is an
+  unknown user and gets the fallback (the unified adapter when the run has it, else the base).
+- `AdapterSlots` keeps a bounded set of adapters loaded in the generator's stack, evicting the
+  least recently used one a batch does not need.
+- `parse_request` checks a request body and names the first bad field.
+
+    table = route_table(ctx, "per_user_lora")
+    table.route("persona_003").label        # 'per_user_lora/persona_003'
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from personal.data.schema import META_FIELDS, ROLES, Example, Message
+from personal.errors import PersonalError
+
+#: Strategies one app can serve (retrieval needs its index at serving time: not yet).
+SERVABLE = ("base", "unified_lora", "per_user_lora", "hybrid_lora", "prefix_per_user",
+            "cluster_lora", "selective")
+UNIFIED = "adapters/unified_lora"
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+PROMPTS_FILE = "personal_prompts.safetensors"
+
+
+@dataclass
+class ServeConfig:
+    """How an app serves a run (the run's own config still decides the model, the prompt
+    format and generation)."""
+
+    strategy: Optional[str] = None
+    """The strategy served (one per app: a stack holds one kind of adapter); None: the one
+    strategy the run trained."""
+    max_loaded_adapters: int = 16
+    """Stack slots of the generator: adapters resident at once, least recently used evicted;
+    a batch needing more is answered in several passes."""
+    max_batch_size: int = 16
+    """Requests (of any users) decoded together by `@serve.batch`; 1: one request per batch."""
+    batch_wait_timeout_s: float = 0.01
+    """How long a batch waits to fill before it runs."""
+    max_messages: int = 32
+    """Most messages a request may carry (the prompt keeps the run's last
+    `data.history_messages` of them)."""
+    max_message_chars: int = 2000
+    """Longest message text accepted, in characters."""
+    max_user_id_chars: int = 128
+    """Longest user id accepted."""
+    generator_replicas: int = 1
+    """Generator replicas (each holds the base model once)."""
+    generator_cpus: float = 1.0
+    """CPUs reserved per generator replica (a GPU too when model.device is cuda)."""
+    torch_threads: int = 1
+    """torch threads per generator replica (on a shared CPU, one per reserved core)."""
+    router_max_ongoing: int = 256
+    """Concurrent requests one router replica accepts (HTTP clients beyond wait in Serve)."""
+
+    def check(self) -> None:
+        """PersonalError naming the first bad setting."""
+        for name in ("max_loaded_adapters", "max_batch_size", "max_messages",
+                     "max_message_chars", "max_user_id_chars", "generator_replicas",
+                     "torch_threads", "router_max_ongoing"):
+            if getattr(self, name) < 1:
+                raise PersonalError(f"serve.{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_wait_timeout_s < 0 or self.generator_cpus < 0:
+            raise PersonalError("serve.batch_wait_timeout_s and serve.generator_cpus must be "
+                                ">= 0")
+        if self.strategy is not None and self.strategy not in SERVABLE:
+            raise PersonalError(f"strategy {self.strategy!r} cannot be served (servable: "
+                                f"{', '.join(SERVABLE)})")
+
+
+# --- Routes ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Route:
+    """The adapters answering a user: (run-relative folder, weight) pairs; none: the base."""
+
+    adapters: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def one(cls, folder: str) -> "Route":
+        return cls(((folder, 1.0),))
+
+    @property
+    def folders(self) -> list[str]:
+        return [f for f, _ in self.adapters]
+
+    @property
+    def is_mixture(self) -> bool:
+        return len(self.adapters) > 1 or any(w != 1.0 for _, w in self.adapters)
+
+    @property
+    def label(self) -> str:
+        """What the response names: `per_user_lora/persona_003`, `unified_lora`, `base`, or a
+        mixture `a*0.7+b*0.3`."""
+        if not self.adapters:
+            return "base"
+        names = [f.removeprefix("adapters/") for f in self.folders]
+        if not self.is_mixture:
+            return names[0]
+        return "+".join(f"{n}*{w:g}" for n, (_, w) in zip(names, self.adapters))
+
+
+BASE = Route()
+
+
+@dataclass
+class RouteTable:
+    """user id -> Route for the users the run knows; `fallback` for every other id."""
+
+    strategy: str
+    users: dict[str, Route]
+    fallback: Route
+    kind: str = "lora"
+    """What the stack holds: `lora`, `prompt` (soft prompts beside a zero LoRA) or `none`."""
+
+    def route(self, user_id: str) -> Route:
+        # A dict lookup and nothing else: the id never becomes part of a path.
+        return self.users.get(user_id, self.fallback)
+
+    def folders(self) -> list[str]:
+        """Every adapter folder a route names (run-relative, sorted)."""
+        routes = list(self.users.values()) + [self.fallback]
+        return sorted({f for r in routes for f in r.folders})
+
+    def summary(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "kind": self.kind, "users": len(self.users),
+                "adapters": len(self.folders()), "fallback": self.fallback.label}
+
+
+def adapter_kind(run_path: Path, folders: Sequence[str]) -> str:
+    """`lora`, `prompt` or `none` for the folders; a PersonalError when one is missing (not
+    trained) or the folders mix kinds (their key sets differ: one stack cannot hold both)."""
+    if not folders:
+        return "none"
+    missing = [f for f in folders if not all((run_path / f / n).is_file()
+                                             for n in (CONFIG_FILE, WEIGHTS_FILE))]
+    if missing:
+        raise PersonalError(f"{run_path}: adapters not trained yet: {missing[:3]} "
+                            f"({len(missing)} missing); run `personal train` first")
+    kinds = {"prompt" if (run_path / f / PROMPTS_FILE).is_file() else "lora" for f in folders}
+    if len(kinds) > 1:
+        raise PersonalError(f"{run_path}: the routes mix LoRA adapters and soft-prompt adapters; "
+                            "one app serves one kind (serve one strategy per app)")
+    return kinds.pop()
+
+
+def known_users(ctx) -> list[str]:
+    return [p.persona_id for p in ctx.dataset.personas]
+
+
+def unknown_fallback(ctx) -> Route:
+    """For ids the run does not know: the unified adapter when the run has it, else base."""
+    return Route.one(UNIFIED) if (ctx.run.path / UNIFIED / CONFIG_FILE).is_file() else BASE
+
+
+def _own_or(ctx, folder: str, other: Route) -> dict[str, Route]:
+    """Each user with a trained group gets `folder/<user>`, the other known users `other`
+    (the same names the strategy's predictor stacks: its training groups)."""
+    from personal.strategies.common import user_groups
+
+    names = set(user_groups(ctx, "train"))
+    return {p: Route.one(f"{folder}/{p}") if p in names else other for p in known_users(ctx)}
+
+
+def _options(ctx, name: str):
+    from personal.strategies.registry import get_strategy, strategy_config
+
+    spec = get_strategy(name)
+    return strategy_config(spec, ctx.cfg.strategy.get(name))
+
+
+def _base(ctx) -> RouteTable:
+    return RouteTable("base", {}, BASE, "none")
+
+
+def _unified(ctx) -> RouteTable:
+    return RouteTable("unified_lora", {}, Route.one(UNIFIED))
+
+
+def _per_user(ctx) -> RouteTable:
+    from personal.strategies.per_user import FOLDER
+
+    other = Route.one(UNIFIED) if _options(ctx, "per_user_lora").fallback == "unified" else BASE
+    return RouteTable("per_user_lora", _own_or(ctx, FOLDER, other), unknown_fallback(ctx))
+
+
+def _hybrid(ctx) -> RouteTable:
+    from personal.strategies.hybrid import FOLDER
+
+    return RouteTable("hybrid_lora", _own_or(ctx, FOLDER, Route.one(UNIFIED)),
+                      Route.one(UNIFIED))
+
+
+def _prefix(ctx) -> RouteTable:
+    from personal.strategies.prefix import FOLDER
+
+    # Soft prompts and the unified LoRA have different key sets: users without a prefix get
+    # the base model, as offline.
+    return RouteTable("prefix_per_user", _own_or(ctx, FOLDER, BASE), BASE, "prompt")
+
+
+def _cluster(ctx) -> RouteTable:
+    """persona -> cluster adapter (or the user's delta) from clusters/cluster_lora.json."""
+    from personal.strategies import cluster
+    from personal.strategies.common import user_groups
+
+    scfg = _options(ctx, "cluster_lora")
+    record = cluster.read_assignment(ctx, scfg)
+    deltas = {c: sorted(user_groups(ctx, "train", members))
+              for c, members in record["clusters"].items()} if scfg.user_deltas else {}
+    folders, slot = cluster.routing_table(record, deltas)
+    users = {str(p): Route.one(folders[k]) for p, k in slot.items()}
+    return RouteTable("cluster_lora", users, unknown_fallback(ctx))
+
+
+def _selective(ctx) -> RouteTable:
+    """The unified adapter or the candidate's route, per the run's validation decisions."""
+    from personal.strategies import selective
+
+    scfg = _options(ctx, "selective")
+    selective.check_config(scfg)
+    if scfg.candidate not in BUILDERS or scfg.candidate == "prefix_per_user":
+        raise PersonalError(f"selective with candidate {scfg.candidate!r} cannot be served: "
+                            "one stack holds the unified LoRA and LoRA candidates only")
+    candidate = BUILDERS[scfg.candidate](ctx)
+    unified = Route.one(UNIFIED)
+    users = {p: unified if choice == selective.REFERENCE else candidate.route(p)
+             for p, choice in selective.load_routes(ctx).items()}
+    return RouteTable("selective", users, unified)
+
+
+BUILDERS: dict[str, Callable[[Any], RouteTable]] = {
+    "base": _base, "unified_lora": _unified, "per_user_lora": _per_user,
+    "hybrid_lora": _hybrid, "prefix_per_user": _prefix, "cluster_lora": _cluster,
+    "selective": _selective}
+
+
+def route_table(ctx, strategy: str) -> RouteTable:
+    """The route table of `strategy` in the run of `ctx`; checks that every adapter it names
+    was trained and that they are one kind."""
+    if strategy not in BUILDERS:
+        raise PersonalError(f"strategy {strategy!r} cannot be served (servable: "
+                            f"{', '.join(SERVABLE)})")
+    table = BUILDERS[strategy](ctx)
+    kind = adapter_kind(ctx.run.path, table.folders())
+    if kind == "prompt" and any(r.is_mixture for r in table.users.values()):
+        raise PersonalError(f"{strategy}: mixtures of soft-prompt adapters cannot be served")
+    table.kind = kind
+    return table
+
+
+# --- Stack slots -------------------------------------------------------------------------------
+
+class AdapterSlots:
+    """Which adapter each slot of a `size`-slot stack holds. Loading into a full stack evicts
+    the least recently used adapter that the batch being placed does not need."""
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise PersonalError(f"a stack needs at least one slot, got {size}")
+        self.size = size
+        self.held: OrderedDict[str, int] = OrderedDict()  # least recently used first
+        self.loads = 0
+        self.evictions = 0
+
+    def assign(self, needed: Sequence[str]) -> tuple[dict[str, int], list[tuple[str, int]]]:
+        """(adapter -> slot for every needed adapter, (adapter, slot) pairs to load now)."""
+        needed = list(dict.fromkeys(needed))
+        if len(needed) > self.size:
+            raise PersonalError(f"{len(needed)} adapters at once exceed the {self.size} slots")
+        loads = []
+        for name in needed:
+            if name in self.held:
+                self.held.move_to_end(name)
+                continue
+            free = sorted(set(range(self.size)) - set(self.held.values()))
+            if free:
+                slot = free[0]
+            else:
+                victim = next(a for a in self.held if a not in needed)
+                slot = self.held.pop(victim)
+                self.evictions += 1
+            self.held[name] = slot
+            loads.append((name, slot))
+            self.loads += 1
+        return {a: self.held[a] for a in needed}, loads
+
+    def drop(self, name: str) -> None:
+        """Forget an adapter (its load failed: the slot holds nothing usable)."""
+        self.held.pop(name, None)
+
+
+def batch_groups(routes: Sequence[Route], size: int) -> list[list[int]]:
+    """Row indices in groups whose routes together need at most `size` adapters (first fit,
+    rows in order): each group is one pass over a `size`-slot stack."""
+    groups: list[tuple[set[str], list[int]]] = []
+    for i, route in enumerate(routes):
+        need = set(route.folders)
+        if len(need) > size:
+            raise PersonalError(f"a mixture of {len(need)} adapters needs "
+                                f"max_loaded_adapters >= {len(need)}, got {size}")
+        for have, rows in groups:
+            if len(have | need) <= size:
+                have.update(need)
+                rows.append(i)
+                break
+        else:
+            groups.append((need, [i]))
+    return [rows for _, rows in groups]
+
+
+# --- Requests ----------------------------------------------------------------------------------
+
+class RequestError(PersonalError):
+    """A bad request; `field` names where (`messages[2].role`, `meta.weather`, `body`)."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field = field_name
+        super().__init__(f"{field_name}: {message}")
+
+
+@dataclass(frozen=True)
+class AssistRequest:
+    """A valid request: the user, the session context (None: unknown) and the dialogue so far,
+    ending with the user's message."""
+
+    user_id: str
+    meta: Optional[dict[str, str]]
+    messages: tuple[Message, ...] = field(default_factory=tuple)
+
+
+REQUEST_FIELDS = ("user_id", "meta", "messages")
+MESSAGE_FIELDS = ("role", "text")
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (for messages)."""
+    if value is None:
+        return "null"
+    for py, name in ((bool, "boolean"), (str, "string"), ((int, float), "number"),
+                     (list, "array"), (dict, "object")):
+        if isinstance(value, py):
+            return name
+    return type(value).__name__
+
+
+def _short(value: Any, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _object(value: Any, where: str, allowed: Sequence[str], required: Sequence[str]) -> dict:
+    if not isinstance(value, dict):
+        raise RequestError(where, f"must be an object, got {json_type(value)}")
+    prefix = "" if where == "body" else f"{where}."
+    for key in value:
+        if key not in allowed:
+            raise RequestError(f"{prefix}{str(key)[:60]}",
+                               f"unknown field (allowed: {', '.join(allowed)})")
+    for key in required:
+        if key not in value:
+            raise RequestError(f"{prefix}{key}", "is required")
+    return value
+
+
+def _string(value: Any, where: str, max_chars: int) -> str:
+    if not isinstance(value, str):
+        raise RequestError(where, f"must be a string, got {json_type(value)}")
+    if len(value) > max_chars:
+        raise RequestError(where, f"is {len(value)} characters long, the limit is {max_chars}")
+    return value
+
+
+def _user_id(value: Any, cfg: ServeConfig) -> str:
+    user_id = _string(value, "user_id", cfg.max_user_id_chars)
+    if not user_id or any(ord(c) < 32 or ord(c) == 127 for c in user_id):
+        raise RequestError("user_id", "must be a non-empty string without control characters")
+    return user_id
+
+
+def _meta(value: Any) -> Optional[dict[str, str]]:
+    if value is None:
+        return None
+    meta = _object(value, "meta", list(META_FIELDS), [])
+    for key, v in meta.items():
+        allowed = META_FIELDS[key]
+        if not isinstance(v, str) or v not in allowed:
+            raise RequestError(f"meta.{key}", f"must be one of {', '.join(allowed)}, "
+                                              f"got {_short(v)}")
+    return dict(meta)
+
+
+def _messages(value: Any, cfg: ServeConfig) -> tuple[Message, ...]:
+    if not isinstance(value, list):
+        raise RequestError("messages", f"must be an array, got {json_type(value)}")
+    if not value:
+        raise RequestError("messages", "must hold at least one message (the user's)")
+    if len(value) > cfg.max_messages:
+        raise RequestError("messages", f"holds {len(value)} messages, the limit is "
+                                       f"{cfg.max_messages}")
+    out = []
+    for i, item in enumerate(value):
+        where = f"messages[{i}]"
+        item = _object(item, where, MESSAGE_FIELDS, MESSAGE_FIELDS)
+        role = item["role"]
+        if role not in ROLES:
+            raise RequestError(f"{where}.role", f"must be one of {', '.join(ROLES)}, "
+                                                f"got {_short(role)}")
+        out.append(Message(role, _string(item["text"], f"{where}.text", cfg.max_message_chars)))
+    if out[-1].role != "user":
+        raise RequestError(f"messages[{len(out) - 1}].role",
+                           f"the last message must be the user's, got {out[-1].role!r}")
+    return tuple(out)
+
+
+def parse_request(body: Any, cfg: ServeConfig) -> AssistRequest:
+    """The request in `body` (parsed JSON), or a RequestError naming the first bad field:
+    unknown fields, wrong types, too many or too long messages, context values outside the
+    schema, a dialogue that does not end with the user's message."""
+    body = _object(body, "body", REQUEST_FIELDS, ("user_id", "messages"))
+    return AssistRequest(_user_id(body["user_id"], cfg), _meta(body.get("meta")),
+                         _messages(body["messages"], cfg))
+
+
+def request_example(req: AssistRequest) -> Example:
+    """The request as the Example offline generation would answer: its messages are the
+    history, its meta the session context (the prompt format keeps the last N messages)."""
+    return Example(persona_id=req.user_id, session_id=-1, turn_index=len(req.messages),
+                   meta=None if req.meta is None else dict(req.meta),
+                   history=list(req.messages), target="")
+
+
+def request_schema(cfg: ServeConfig) -> dict[str, Any]:
+    """JSON schema of a request body (for the OpenAPI description)."""
+    meta = {"type": ["object", "null"], "additionalProperties": False,
+            "description": "Session context; null or absent: unknown.",
+            "properties": {k: {"type": "string", "enum": list(v)} for k, v in META_FIELDS.items()}}
+    message = {"type": "object", "additionalProperties": False, "required": list(MESSAGE_FIELDS),
+               "properties": {"role": {"type": "string", "enum": list(ROLES)},
+                              "text": {"type": "string", "maxLength": cfg.max_message_chars}}}
+    return {"type": "object", "additionalProperties": False, "required": ["user_id", "messages"],
+            "properties": {
+                "user_id": {"type": "string", "minLength": 1,
+                            "maxLength": cfg.max_user_id_chars,
+                            "description": "Routes to the user's adapter; unknown ids get "
+                                           "the fallback."},
+                "meta": meta,
+                "messages": {"type": "array", "items": message, "minItems": 1,
+                             "maxItems": cfg.max_messages,
+                             "description": "The dialogue so far, oldest first, ending with "
+                                            "the user's message."}}}
+
+
+# --- Binding -----------------------------------------------------------------------------------
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_host(host: str, allow_remote: bool) -> None:
+    """Binding anything but loopback needs `allow_remote`: the API has no authentication."""
+    if not is_loopback(host) and not allow_remote:
+        raise PersonalError(f"--host {host} is reachable from other machines and the API has "
+                            "no authentication: pass --allow-remote to bind it anyway")
