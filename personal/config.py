@@ -127,8 +127,11 @@ class TrainConfig:
     """Passes over the training examples (upper bound; early stopping may end sooner)."""
     max_steps: int = 0
     """Hard cap on optimiser steps; 0 means no cap."""
-    batch_size: int = 8
-    """Training sequences per step (a whole session each with `pack_sessions`)."""
+    batch_size: int = 4
+    """Training sequences per step (a whole session each with `pack_sessions`: 4 sessions
+    hold ~15 targets). Updates matter more than batch size here: with packed sessions,
+    batches of 8 reached a validation loss of 0.944 in 760 steps, one-turn batches of 16 0.931
+    in 1404 steps of 2.7x the tokens."""
     pack_sessions: bool = True
     """Train on whole sessions, every assistant turn a target, instead of one sequence per
     turn: the same targets for ~1/2.7 of the tokens (turns late in a long session see more
@@ -139,7 +142,7 @@ class TrainConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm (per adapter)."""
-    eval_every: int = 50
+    eval_every: int = 100
     """Steps between validation-loss checks (0: once per epoch)."""
     patience: int = 3
     """Early stopping: validation checks without improvement before stopping."""

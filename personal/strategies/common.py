@@ -43,6 +43,16 @@ def user_groups(ctx, split: str, personas: Optional[Sequence[str]] = None
     return per_user_groups(ctx, personas, split=split)
 
 
+def val_groups(ctx, limit: int, personas: Optional[Sequence[str]] = None
+               ) -> dict[str, list[Example]]:
+    """Each training user's validation turns for early stopping, at most `limit` of them
+    evenly spread over their sessions (0: all): the check runs for every adapter each epoch,
+    and all ~37 turns of 200 users cost about half a packed training epoch per check."""
+    from personal.models.lora import spread_sample
+
+    return {u: spread_sample(exs, limit) for u, exs in user_groups(ctx, "val", personas).items()}
+
+
 def fleet_unit(ctx, name: str, groups: dict[str, list[Example]],
                vals: dict[str, list[Example]], spec: FleetSpec,
                upstream: Sequence[str] = ()) -> Unit:

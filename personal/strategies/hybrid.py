@@ -8,7 +8,7 @@ from typing import Optional
 from personal.distributed.fleet import FleetSpec
 from personal.strategies import unified
 from personal.strategies.common import (fleet_schedule, fleet_unit, per_user_route,
-                                        routed_predictor, user_groups)
+                                        routed_predictor, user_groups, val_groups)
 from personal.strategies.registry import register_strategy
 
 FOLDER = "adapters/hybrid_lora"
@@ -18,9 +18,9 @@ FOLDER = "adapters/hybrid_lora"
 class HybridConfig:
     """Per-user adapters continued from the unified one (schedule from `train` unless set)."""
 
-    epochs: Optional[float] = 2.0
-    """Passes over the user's training turns after the unified adapter."""
-    lr: Optional[float] = 5e-4
+    epochs: Optional[float] = 1.0
+    """Passes over the user's training sessions after the unified adapter."""
+    lr: Optional[float] = 1e-3
     """Peak learning rate: lower than the unified run's, a fine-tune of a trained adapter."""
     batch_size: Optional[int] = None
     """Turns per step (None: train.batch_size)."""
@@ -29,6 +29,8 @@ class HybridConfig:
     user whose validation loss only rises keeps (nearly) the unified adapter."""
     patience: Optional[int] = None
     """Checks without improvement before stopping (None: train.patience)."""
+    val_turns: int = 16
+    """Validation turns per user for early stopping, evenly spread (0: all of them)."""
     l2_lambda: float = 0.0
     """Pull toward the unified weights (0: plain continued training)."""
 
@@ -40,7 +42,7 @@ def spec(ctx, scfg: HybridConfig) -> FleetSpec:
 
 @register_strategy("hybrid_lora", HybridConfig)
 def stages(ctx, scfg: HybridConfig) -> list:
-    groups, vals = user_groups(ctx, "train"), user_groups(ctx, "val")
+    groups, vals = user_groups(ctx, "train"), val_groups(ctx, scfg.val_turns)
     fleet = fleet_unit(ctx, "train/hybrid_lora", groups, vals, spec(ctx, scfg),
                        upstream=[unified.training_inputs(ctx)])
     return unified.stages(ctx, unified.UnifiedConfig()) + [[fleet]]

@@ -8,7 +8,7 @@ from typing import Optional
 from personal.distributed.fleet import FleetSpec
 from personal.strategies import unified
 from personal.strategies.common import (fleet_schedule, fleet_unit, per_user_route,
-                                        routed_predictor, user_groups)
+                                        routed_predictor, user_groups, val_groups)
 from personal.strategies.registry import register_strategy
 
 FOLDER = "adapters/per_user_lora"
@@ -18,16 +18,19 @@ FOLDER = "adapters/per_user_lora"
 class PerUserConfig:
     """Per-user adapters (shape from `lora`; schedule from `train` unless set here)."""
 
-    epochs: Optional[float] = 3.0
-    """Passes over the user's training turns (~110 turns: a few steps per epoch)."""
-    lr: Optional[float] = None
-    """Peak learning rate (None: train.lr)."""
+    epochs: Optional[float] = 2.0
+    """Passes over the user's ~30 training sessions (8 steps each with batches of 4): the
+    cost of the whole fleet is about that many passes over all users' data."""
+    lr: Optional[float] = 1e-2
+    """Peak learning rate: 5x the unified run's, which takes ~100x more steps."""
     batch_size: Optional[int] = None
     """Turns per step (None: train.batch_size)."""
     eval_every: Optional[int] = 0
     """Validation checks on the user's validation turns every N steps (0: once per epoch)."""
     patience: Optional[int] = None
     """Checks without improvement before stopping (None: train.patience; 0: never)."""
+    val_turns: int = 16
+    """Validation turns per user for early stopping, evenly spread (0: all of them)."""
     fallback: str = "unified"
     """Users without an adapter (cold-start): `unified` (trains it too) or `base`."""
 
@@ -50,7 +53,7 @@ def spec(ctx, scfg: PerUserConfig) -> FleetSpec:
 
 @register_strategy("per_user_lora", PerUserConfig)
 def stages(ctx, scfg: PerUserConfig) -> list:
-    groups, vals = user_groups(ctx, "train"), user_groups(ctx, "val")
+    groups, vals = user_groups(ctx, "train"), val_groups(ctx, scfg.val_turns)
     fleet = fleet_unit(ctx, "train/per_user_lora", groups, vals, spec(ctx, scfg))
     return fallback_stage(ctx, scfg.fallback) + [[fleet]]
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 from personal.distributed.fleet import FleetSpec
 from personal.strategies.common import (fleet_schedule, fleet_unit, per_user_route,
-                                        routed_predictor, user_groups)
+                                        routed_predictor, user_groups, val_groups)
 from personal.strategies.registry import register_strategy
 
 FOLDER = "adapters/prefix_per_user"
@@ -19,9 +19,9 @@ class PrefixConfig:
 
     prefix_len: int = 8
     """Virtual tokens per user."""
-    epochs: Optional[float] = 3.0
-    """Passes over the user's training turns."""
-    lr: Optional[float] = 1e-2
+    epochs: Optional[float] = 2.0
+    """Passes over the user's training sessions."""
+    lr: Optional[float] = 3e-2
     """Peak learning rate: soft prompts need a larger one than LoRA."""
     batch_size: Optional[int] = None
     """Turns per step (None: train.batch_size)."""
@@ -29,6 +29,8 @@ class PrefixConfig:
     """Validation checks every N steps (0: once per epoch)."""
     patience: Optional[int] = None
     """Checks without improvement before stopping (None: train.patience)."""
+    val_turns: int = 16
+    """Validation turns per user for early stopping, evenly spread (0: all of them)."""
 
 
 def spec(ctx, scfg: PrefixConfig) -> FleetSpec:
@@ -42,7 +44,7 @@ def spec(ctx, scfg: PrefixConfig) -> FleetSpec:
 
 @register_strategy("prefix_per_user", PrefixConfig)
 def stages(ctx, scfg: PrefixConfig) -> list:
-    groups, vals = user_groups(ctx, "train"), user_groups(ctx, "val")
+    groups, vals = user_groups(ctx, "train"), val_groups(ctx, scfg.val_turns)
     fleet = fleet_unit(ctx, "train/prefix_per_user", groups, vals, spec(ctx, scfg))
     return [[fleet]]
 
