@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 
 #: Per-user strategies need more steps than the smoke schedule to say anything (else the
 #: random smoke base answers "" and the equalities below compare nothing).
-OPTIONS = {"per_user_lora": {"epochs": 15}, "prefix_per_user": {"epochs": 15, "lr": 0.1}}
+OPTIONS = {"per_user_lora": {"epochs": 15, "lr": 0.05}, "prefix_per_user": {"epochs": 15, "lr": 0.1}}
 
 
 @pytest.fixture(scope="module")

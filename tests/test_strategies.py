@@ -22,7 +22,8 @@ NAMES = sorted(STRATEGIES)
 #: The random smoke base answers "" everywhere, so strategies whose own schedules count few
 #: epochs get enough steps here to say something (else the comparisons compare nothing).
 LONGER = {"epochs": 15}
-OPTIONS: dict[str, dict] = {"per_user_lora": LONGER, "hybrid_lora": {**LONGER, "lr": 5e-2},
+OPTIONS: dict[str, dict] = {"per_user_lora": {**LONGER, "lr": 5e-2},
+                            "hybrid_lora": {**LONGER, "lr": 5e-2},
                             "prefix_per_user": {**LONGER, "lr": 0.1}, "retrieval_trained": LONGER}
 #: A soft prompt alone does not move the random smoke base off its stop token in a few
 #: steps; its reload is still checked through the weights (equal bytes) and its logits.
