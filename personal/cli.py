@@ -385,13 +385,12 @@ def serve_cmd(run: Path = typer.Argument(..., help="Run directory made by `perso
               overrides: List[str] = OVERRIDES_ARG, quiet: bool = QUIET_OPT) -> None:
     """Serve a finished run over HTTP (Ray Serve): POST /v1/assist, GET /healthz."""
     from personal.distributed.serve import serve_run
-    from personal.serving.routing import ServeConfig
+    from personal.serving.routing import serve_config
 
     _logging(quiet)
-    given = {"max_loaded_adapters": max_loaded_adapters, "max_batch_size": max_batch_size,
-             "generator_replicas": replicas}  # ServeConfig holds the defaults
-    scfg = ServeConfig(strategy=_strategy_name(strategy) if strategy else None,
-                       **{k: v for k, v in given.items() if v is not None})
+    scfg = serve_config(strategy=_strategy_name(strategy) if strategy else None,
+                        max_loaded_adapters=max_loaded_adapters, max_batch_size=max_batch_size,
+                        generator_replicas=replicas)
     serve_run(run, scfg, host=host, port=port, allow_remote=allow_remote, address=address,
               temp_dir=None if address else _ray_temp(run), overrides=overrides or [],
               on_ready=lambda url: typer.echo(f"serving {run} at {url} (Ctrl-C stops)"))

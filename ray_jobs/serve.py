@@ -29,9 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
-    p.add_argument("--max-loaded-adapters", type=int, default=16)
-    p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--replicas", type=int, default=1, help="generator replicas")
+    p.add_argument("--max-loaded-adapters", type=int, help="adapter slots per generator")
+    p.add_argument("--max-batch-size", type=int, help="requests decoded together")
+    p.add_argument("--replicas", type=int, help="generator replicas")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local runtime)")
     p.add_argument("--detach", action="store_true", help="deploy and return (cluster only)")
     p.add_argument("--smoke-test", action="store_true", help="tiny world, loopback, 2 CPUs")
@@ -89,7 +89,7 @@ def smoke_test(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from personal.distributed.serve import serve_run
     from personal.errors import PersonalError
-    from personal.serving.routing import ServeConfig
+    from personal.serving.routing import serve_config
 
     args = parse_args(argv)
     try:
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.run:
             raise PersonalError("--run is required (or --smoke-test)")
-        scfg = ServeConfig(strategy=args.strategy, max_loaded_adapters=args.max_loaded_adapters,
-                           max_batch_size=args.max_batch_size, generator_replicas=args.replicas)
+        scfg = serve_config(strategy=args.strategy, max_loaded_adapters=args.max_loaded_adapters,
+                            max_batch_size=args.max_batch_size, generator_replicas=args.replicas)
         serve_run(args.run, scfg, host=args.host, port=args.port,
                   allow_remote=args.allow_remote, address=args.address,
                   overrides=args.overrides, wait=not args.detach,

@@ -77,6 +77,12 @@ class ServeConfig:
                                 f"{', '.join(SERVABLE)})")
 
 
+def serve_config(**given) -> ServeConfig:
+    """A ServeConfig from command-line values; None (not given) keeps the dataclass default,
+    so the defaults live only in ServeConfig."""
+    return ServeConfig(**{k: v for k, v in given.items() if v is not None})
+
+
 # --- Routes ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
