@@ -14,7 +14,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import peft
 import torch
@@ -77,14 +77,18 @@ def train_settings(train_cfg: Any) -> Any:
 def train_lora(model: torch.nn.Module, tokenizer: Any, train_examples: Sequence[Example],
                val_examples: Sequence[Example], lora_cfg: Any, train_cfg: Any,
                out_dir: str | Path | None = None, progress: bool = True, *,
-               fmt: Optional[PromptFormat] = None) -> TrainResult:
+               fmt: Optional[PromptFormat] = None,
+               start: Optional[Callable[[], peft.PeftModel]] = None,
+               desc: str = "train adapter") -> TrainResult:
     """Train one LoRA adapter on `train_examples` (loss on target turns only), early-stopping
     on the loss of `val_examples`. The same seed gives the same adapter on CPU. With
-    `out_dir`, save a standard peft adapter folder there (plus training.json)."""
+    `out_dir`, save a standard peft adapter folder there (plus training.json). `start`
+    builds the adapter to continue (called after seeding); None attaches a fresh one."""
     adapted, train, val = prepare_training(model, tokenizer, train_examples, val_examples,
-                                           lora_cfg, train_cfg, fmt or _default_format())
+                                           lora_cfg, train_cfg, fmt or _default_format(),
+                                           start)
     loop = train_loop(adapted, train, val, train_settings(train_cfg), pad_id(tokenizer),
-                      progress=progress, desc="train adapter")
+                      progress=progress, desc=desc)
     adapted.eval()
     result = TrainResult(model=adapted, **dataclasses.asdict(loop))
     if out_dir is not None:
@@ -94,14 +98,15 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, train_examples: Sequence[
 
 def prepare_training(model: torch.nn.Module, tokenizer: Any, train_examples: Sequence[Example],
                      val_examples: Sequence[Example], lora_cfg: Any, train_cfg: Any,
-                     fmt: PromptFormat) -> tuple[peft.PeftModel, list, list]:
+                     fmt: PromptFormat, start: Optional[Callable[[], peft.PeftModel]] = None
+                     ) -> tuple[peft.PeftModel, list, list]:
     """(adapted copy of `model`, encoded training examples, encoded validation sample): the
     start every LoRA training loop shares, single-process or data-parallel, so both train
     the same adapter from the same seed on the same validation sample."""
     if not train_examples:
         raise PersonalError("LoRA training: no training examples")
     seed_everything(train_cfg.seed)
-    adapted = attach_lora(model, lora_cfg)
+    adapted = start() if start is not None else attach_lora(model, lora_cfg)
     train = fmt.encode_training(tokenizer, train_examples, train_cfg.pack_sessions)
     val = [fmt.encode(tokenizer, ex) for ex in spread_sample(val_examples,
                                                               train_cfg.max_val_examples)]

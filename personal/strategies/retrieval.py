@@ -257,9 +257,7 @@ def start_adapter(ctx, init: str):
 def train_with_retrieval(ctx, scfg: RetrievalTrainedConfig) -> dict:
     """`train_lora`'s loop from `init`, on training turns whose prompts carry what their
     user's other training sessions retrieve (own session excluded by the retriever)."""
-    from personal.models.lora import (TrainResult, pad_id, save_adapter, spread_sample,
-                                      train_settings)
-    from personal.models.training import seed_everything, train_loop
+    from personal.models.lora import spread_sample, train_lora
 
     personas, tokenizer = ctx.training_personas(), ctx.base[1]
     tcfg = fleet_schedule(ctx, scfg)
@@ -267,16 +265,11 @@ def train_with_retrieval(ctx, scfg: RetrievalTrainedConfig) -> dict:
     val_ex = spread_sample(ctx.examples("val", personas), tcfg.max_val_examples)
     retriever = load_retriever(ctx, scfg, memory_personas(ctx, True))
     retriever.prepare(train_ex + val_ex)
-    fmt = retrieval_format(ctx, retriever)
-    seed_everything(tcfg.seed)
-    model = start_adapter(ctx, scfg.init)
-    train = fmt.encode_training(tokenizer, train_ex, tcfg.pack_sessions)
-    val = [fmt.encode(tokenizer, e) for e in val_ex]
-    loop = train_loop(model, train, val, train_settings(tcfg), pad_id(tokenizer),
-                      progress=ctx.progress, desc="train retrieval adapter")
-    model.eval()
-    result = TrainResult(model=model, **dataclasses.asdict(loop))
-    result.adapter_dir = str(save_adapter(model, ctx.run.path / TRAINED, result))
+    result = train_lora(ctx.base[0], tokenizer, train_ex, val_ex, ctx.cfg.lora, tcfg,
+                        out_dir=ctx.run.path / TRAINED, progress=ctx.progress,
+                        fmt=retrieval_format(ctx, retriever),
+                        start=lambda: start_adapter(ctx, scfg.init),
+                        desc="train retrieval adapter")
     return {k: v for k, v in result.to_dict().items() if k != "train_losses"}
 
 
