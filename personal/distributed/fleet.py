@@ -79,14 +79,16 @@ def _init_hash(ctx, spec: FleetSpec) -> Optional[str]:
 
 
 def adapter_inputs(ctx, name: str, index: int, examples: Sequence[Example],
-                   val: Sequence[Example], spec: FleetSpec = FleetSpec()) -> str:
+                   val: Sequence[Example], spec: FleetSpec = FleetSpec(),
+                   init_hash: Optional[str] = None) -> str:
     """Everything adapter `name` depends on: base, data fingerprint, its examples, LoRA
-    shape, the fleet's spec and schedule, the init adapter, format and its seed index."""
+    shape, the fleet's spec and schedule, the init adapter (`init_hash`: `_init_hash`, read
+    once per fleet), format and its seed index."""
     d = to_dict(ctx.cfg)
     keys = [(e.persona_id, e.session_id, e.turn_index) for e in examples]
     vkeys = [(e.persona_id, e.session_id, e.turn_index) for e in val]
     return stable_hash("fleet", name, index, ctx.fingerprint, ctx.base_key, keys, vkeys,
-                       d["lora"], d["train"], spec_dict(spec), _init_hash(ctx, spec),
+                       d["lora"], d["train"], spec_dict(spec), init_hash,
                        d["data"]["history_messages"], d["model"]["include_character"],
                        d["model"]["max_seq_len"])
 
@@ -199,10 +201,11 @@ def train_shard(ctx, groups: dict[str, Sequence[Example]],
     names = sorted(groups)
     val_groups = val_groups or {}
     fmt, tokenizer = ctx.prompt_format(), ctx.base[1]
-    todo = []
+    todo, init = [], _init_hash(ctx, spec)
     for i in range(rank, len(names), world):
         name = names[i]
-        inputs = adapter_inputs(ctx, name, i, groups[name], val_groups.get(name, []), spec)
+        inputs = adapter_inputs(ctx, name, i, groups[name], val_groups.get(name, []), spec,
+                                init)
         if not ctx.run.unit_done(adapter_unit(spec, name), inputs):
             todo.append((i, name, inputs))
     size = adapters_per_call if adapters_per_call > 0 else max(len(todo), 1)
