@@ -36,7 +36,11 @@ def generation_config(gen_cfg: Any, tokenizer: Any) -> transformers.GenerationCo
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     kwargs = dict(max_new_tokens=gen_cfg.max_new_tokens, do_sample=gen_cfg.do_sample,
                   num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
-                  eos_token_id=stops, pad_token_id=pad, use_cache=True)
+                  eos_token_id=stops, pad_token_id=pad, use_cache=True,
+                  # Preallocated KV cache: the growing one copies every layer's keys and
+                  # values at each token (a third of CPU decoding). Not compiled: prompt
+                  # widths change per batch, so compiling would recompile for most batches.
+                  cache_implementation="static", disable_compile=True)
     if gen_cfg.do_sample:
         kwargs.update(temperature=gen_cfg.temperature, top_p=gen_cfg.top_p, top_k=0)
     return transformers.GenerationConfig(**kwargs)

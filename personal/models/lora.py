@@ -131,6 +131,13 @@ def save_adapter(model: peft.PeftModel, out_dir: str | Path, result: TrainResult
     return out
 
 
+def merged_for_inference(model: peft.PeftModel) -> torch.nn.Module:
+    """The adapter folded into the base weights (W + scale * B A), in place, for generation
+    only: one matmul per projection instead of three saves ~20% of a prefill on the built-in
+    base. Pass a copy you own; the result is no longer a PeftModel and cannot be trained."""
+    return model.merge_and_unload().eval()
+
+
 def pad_id(tokenizer: Any) -> int:
     """The id batches are padded with: the pad token, else the end-of-sequence token."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

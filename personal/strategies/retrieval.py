@@ -278,6 +278,7 @@ def predictor(ctx, scfg: RetrievalConfig):
     from peft import PeftModel
 
     from personal.models.generate import generate
+    from personal.models.lora import merged_for_inference
 
     trained = isinstance(scfg, RetrievalTrainedConfig)
     check(scfg)
@@ -286,7 +287,8 @@ def predictor(ctx, scfg: RetrievalConfig):
         if not (folder / "adapter_config.json").is_file():
             raise PersonalError(f"{folder}: not trained yet; run `personal train "
                                 f"retrieval_trained` first")
-        model = PeftModel.from_pretrained(copy.deepcopy(ctx.base[0]), str(folder)).eval()
+        model = merged_for_inference(
+            PeftModel.from_pretrained(copy.deepcopy(ctx.base[0]), str(folder)))
     else:
         model = unified.load_unified(ctx)
     retriever = load_retriever(ctx, scfg, memory_personas(ctx, trained))

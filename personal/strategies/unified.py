@@ -41,11 +41,15 @@ def stages(ctx, scfg: UnifiedConfig) -> list[list[Unit]]:
 
 
 def load_unified(ctx):
-    """The base with the run's unified adapter (on a copy: the shared base stays clean)."""
+    """The base with the run's unified adapter folded into its weights, for generation (on a
+    copy: the shared base stays clean)."""
     from peft import PeftModel
 
+    from personal.models.lora import merged_for_inference
+
     model, _ = ctx.base
-    return PeftModel.from_pretrained(copy.deepcopy(model), str(ctx.run.path / ADAPTER)).eval()
+    adapted = PeftModel.from_pretrained(copy.deepcopy(model), str(ctx.run.path / ADAPTER)).eval()
+    return merged_for_inference(adapted)
 
 
 def predictor(ctx, scfg: UnifiedConfig):
