@@ -200,6 +200,32 @@ def test_predictor_reassembles_answers_in_input_order(ctx, monkeypatch):
         selective.predictor(ctx, SelectiveConfig())([stranger])
 
 
+def test_predictor_takes_a_finished_evaluations_predictions_and_only_those(ctx, monkeypatch):
+    """Users routed to unified_lora get unified's recorded test predictions (no generation);
+    a stale record (other generation settings, or another prompt) is never used."""
+    from personal.experiment import pipeline
+
+    users = sorted(ctx.splits)
+    ctx.run.write_json(DECISIONS, {"users": {p: {"chosen": "unified_lora"} for p in users}})
+    key = lambda e: f"{e.persona_id}/{e.session_id}/{e.turn_index}"  # noqa: E731
+    seen = []
+    fake(monkeypatch, unified, "U", lambda e: "recorded " + key(e), seen)
+    pipeline.evaluate_strategy(ctx, "unified_lora", pipeline.trained_hash(ctx, "unified_lora"))
+    assert len(seen) == 1
+    fake(monkeypatch, unified, "U", lambda e: "generated " + key(e), seen)
+    examples = ctx.examples("test")
+    random.Random(1).shuffle(examples)
+    answers = selective.predictor(ctx, SelectiveConfig())(examples)
+    assert answers == ["recorded " + key(e) for e in examples] and len(seen) == 1
+
+    tampered = dataclasses.replace(examples[0], meta={**examples[0].meta, "time": "midnight"})
+    assert selective.predictor(ctx, SelectiveConfig())([tampered]) == ["generated " + key(tampered)]
+    # the recorded evaluation is now stale (monkeypatch: the config is the module's)
+    monkeypatch.setattr(ctx.cfg.generation, "max_new_tokens", ctx.cfg.generation.max_new_tokens + 1)
+    answers = selective.predictor(ctx, SelectiveConfig())(examples)
+    assert answers == ["generated " + key(e) for e in examples]
+
+
 def test_predictor_before_training_names_the_missing_decisions(ctx):
     with pytest.raises(PersonalError, match="decisions.json not found"):
         selective.predictor(ctx, SelectiveConfig())

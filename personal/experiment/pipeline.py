@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from pathlib import Path
-
+from typing import Optional
 
 from personal.config import Config, to_dict
 from personal.experiment.context import Context
@@ -44,7 +44,7 @@ def train_strategy(ctx: Context, name: str, stages_fn=strategy_units) -> str:
         for unit in stage:
             ctx.run.run_unit(unit.name, unit.inputs, unit.fn, unit.outputs)
             hashes.append(unit.inputs)
-    return stable_hash(name, hashes)
+    return stable_hash(name, hashes)  # = trained_hash(ctx, name, stages_fn)
 
 
 def trained_strategies(run_path: str | Path) -> list[str]:
@@ -52,11 +52,47 @@ def trained_strategies(run_path: str | Path) -> list[str]:
     return Run(Path(run_path)).read_json("strategies.json") or []
 
 
+def trained_hash(ctx: Context, name: str, stages_fn=strategy_units) -> str:
+    """The hash `train_strategy` returns for `name`, without running anything."""
+    return stable_hash(name, [u.inputs for stage in stages_fn(ctx, name) for u in stage])
+
+
+def eval_inputs(ctx: Context, trained: str) -> str:
+    """Inputs hash of a strategy's evaluation: what it was trained from, data, eval and
+    generation settings, evaluated users."""
+    return stable_hash(trained, ctx.fingerprint, to_dict(ctx.cfg)["eval"],
+                       to_dict(ctx.cfg)["generation"], ctx.eval_personas())
+
+
+def recorded_predictions(ctx: Context, name: str, examples) -> Optional[list[str]]:
+    """The run's own predictions of strategy `name` for `examples`, when its evaluation
+    finished with the inputs it would have now (same adapters, data and generation settings)
+    and holds every example with the same prompt; else None. Greedy decoding is
+    deterministic, so a strategy that routes users to `name` can take these instead of
+    generating the same turns again."""
+    if not ctx.run.unit_done(f"eval/{name}", eval_inputs(ctx, trained_hash(ctx, name))):
+        return None
+    path = ctx.run.path / "predictions" / f"{name}.jsonl"
+    if not path.is_file():
+        return None
+    recorded = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            recorded[(r["persona_id"], r["session_id"], r["turn_index"])] = r
+    out = []
+    for e in examples:
+        r = recorded.get((e.persona_id, e.session_id, e.turn_index))
+        if r is None or r["prompt_hash"] != prompt_hash(e):
+            return None
+        out.append(r["prediction"])
+    return out
+
+
 def evaluate_strategy(ctx: Context, name: str, trained: str) -> dict:
     """Predict every turn of the evaluated split, score it, write predictions and metrics."""
     split = ctx.cfg.eval.split
-    inputs = stable_hash(trained, ctx.fingerprint, to_dict(ctx.cfg)["eval"],
-                         to_dict(ctx.cfg)["generation"], ctx.eval_personas())
+    inputs = eval_inputs(ctx, trained)
     outputs = [f"predictions/{name}.jsonl", f"metrics/{name}_per_user.csv",
                f"metrics/{name}_summary.json"]
 

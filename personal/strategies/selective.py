@@ -304,8 +304,11 @@ def load_routes(ctx) -> dict[str, str]:
 
 def predictor(ctx, scfg: SelectiveConfig):
     """Each example answered by its user's chosen strategy: examples grouped by choice, each
-    strategy's predictor called once on its group (built on first use), then put back in
-    input order."""
+    group taken from that strategy's own finished evaluation in this run when it holds them
+    (`recorded_predictions`), else its predictor called once on the group (built on first
+    use); then put back in input order."""
+    from personal.experiment.pipeline import recorded_predictions
+
     check_config(scfg)
     routes = load_routes(ctx)
     predictors: dict[str, Callable] = {}
@@ -321,9 +324,12 @@ def predictor(ctx, scfg: SelectiveConfig):
             groups.setdefault(route(e), []).append(i)
         out: list[Optional[str]] = [None] * len(examples)
         for name in sorted(groups):
-            if name not in predictors:
-                predictors[name] = strategy_predictor(ctx, name)
-            texts = predictors[name]([examples[i] for i in groups[name]])
+            group = [examples[i] for i in groups[name]]
+            texts = recorded_predictions(ctx, name, group)
+            if texts is None:
+                if name not in predictors:
+                    predictors[name] = strategy_predictor(ctx, name)
+                texts = predictors[name](group)
             if len(texts) != len(groups[name]):
                 raise PersonalError(f"selective: {name} answered {len(texts)} of "
                                     f"{len(groups[name])} examples")
