@@ -60,6 +60,24 @@ def test_finished_adapters_are_skipped(cfg, tmp_path):
     assert set(train_shard(ctx, changed, vals)) == {sorted(groups)[0]}
 
 
+@pytest.mark.parametrize("active, workers, address, expected", [
+    (False, 2, None, False),           # no Ray runtime up: always here
+    (True, 1, None, False),            # one local worker: Ray Train start-up for nothing
+    (True, 2, None, True),             # two local workers train shards in parallel
+    (True, 1, "ray://head:10001", True),   # a cluster: its workers, not the driver
+])
+def test_fleets_go_to_ray_train_only_where_it_buys_parallelism(cfg, monkeypatch, active,
+                                                                workers, address, expected):
+    import dataclasses
+
+    from personal.distributed import fleet, runtime
+
+    monkeypatch.setattr(runtime, "ray_active", lambda: active)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    c = dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, address=address))
+    assert fleet.ray_buys_parallelism(c, workers) is expected
+
+
 @pytest.mark.slow
 def test_killed_fleet_worker_is_restarted_and_nothing_is_lost(cfg, tmp_path, ray_local):
     import dataclasses

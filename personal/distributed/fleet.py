@@ -270,24 +270,36 @@ def train_fleet(ctx, groups: dict[str, Sequence[Example]],
                 spec: FleetSpec = FleetSpec()) -> dict[str, dict]:
     """Train one adapter per group into `run/<spec.folder>/<name>/`; returns every adapter's
     record (finished ones are skipped). Groups hold examples of the run's `split` (their
-    validation examples: `val_split`). Without Ray (use_ray False, or None while no Ray
-    runtime is up in this process), one process trains all shards."""
+    validation examples: `val_split`). use_ray None: on Ray Train when
+    `ray_buys_parallelism`; otherwise (or use_ray False) this process trains all shards."""
     if not groups:
         raise PersonalError("train_fleet: no adapter groups")
     bad = [n for n in groups if not n or "/" in n or n.startswith(".")]
     if bad:
         raise PersonalError(f"train_fleet: adapter names must be plain folder names: {bad}")
+    workers = num_workers or ctx.cfg.ray.num_workers
     if use_ray is None:
-        from personal.distributed.runtime import ray_active
-
-        use_ray = ray_active()
+        use_ray = ray_buys_parallelism(ctx.cfg, workers)
     if not use_ray:
         train_shard(ctx, groups, val_groups, adapters_per_call=adapters_per_call, spec=spec)
     else:
-        _fleet_on_ray(ctx, groups, val_groups or {}, split, val_split,
-                      num_workers or ctx.cfg.ray.num_workers, adapters_per_call, max_failures,
-                      fault, spec)
+        _fleet_on_ray(ctx, groups, val_groups or {}, split, val_split, workers,
+                      adapters_per_call, max_failures, fault, spec)
     return {n: ctx.run.read_json(_unit_file(spec, n))["result"] for n in sorted(groups)}
+
+
+def ray_buys_parallelism(cfg, workers: int) -> bool:
+    """Whether a fleet should go to Ray Train: a Ray runtime is up in this process and the
+    fleet gets parallelism from it (several workers, or a cluster). One worker on a local
+    runtime trains in one process just as the driver would, after ~30 s of Ray Train
+    start-up (a trivial TorchTrainer.fit is ~20 s on 2 cores, plus the worker's imports):
+    then the driver trains it itself, with the same result."""
+    import os
+
+    from personal.distributed.runtime import ray_active
+
+    on_cluster = bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    return ray_active() and (workers > 1 or on_cluster)
 
 
 def _fleet_on_ray(ctx, groups, val_groups, split, val_split, workers, adapters_per_call,
