@@ -55,21 +55,18 @@ def smoke_run(root: Path) -> Path:
 
 def smoke_test(args: argparse.Namespace) -> dict:
     """Serve the smoke run on a free loopback port, ask once per user, shut down."""
-    import socket
     import tempfile
 
     from ray import serve
 
-    from personal.distributed.runtime import ray_runtime
+    from personal.distributed.runtime import free_port, ray_runtime
     from personal.distributed.serve import build_app, start_app
     from personal.serving.http_eval import ClientOptions, call, wait_ready
     from personal.serving.routing import ServeConfig
 
     root = Path(args.root or tempfile.mkdtemp(prefix="serve_smoke"))
     run = smoke_run(root)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     app = build_app(run, ServeConfig(strategy="per_user_lora", max_loaded_adapters=2))
     url = f"http://127.0.0.1:{port}"
     with ray_runtime(None, num_cpus=2, temp_dir=tempfile.mkdtemp(prefix="pray")):
