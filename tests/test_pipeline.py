@@ -50,3 +50,23 @@ def test_run_trains_evaluates_reports_and_resumes(tiny_cfg):
     assert (run / "adapters/unified_lora/adapter_model.safetensors").stat().st_mtime_ns \
         != adapter_mtime
     assert json.loads((run / "adapters/unified_lora/adapter_config.json").read_text())["r"] == 2
+
+
+def test_a_run_resumes_whether_its_paths_are_relative_or_absolute(tmp_path, monkeypatch):
+    """`personal train` keeps paths as written, the Ray executor makes them absolute: the
+    unit inputs (and so resuming) must not depend on which."""
+    from personal.distributed.runtime import absolute_config
+
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+    relative = load_config(None, [
+        "data.path=eval", "data.background_path=bg", "data.users=2", "data.sessions=5",
+        "data.background_users=3", "model.hidden_size=32", "model.num_layers=1",
+        "model.num_heads=2", "model.intermediate_size=64", "model.vocab_size=400",
+        "model.cache_dir=cache", "pretrain.epochs=1", "train.max_steps=2",
+        "generation.max_new_tokens=4", "eval.bootstrap=20"])
+    pipeline.run_plan(relative, "run", ["base", "unified_lora"])
+    finished = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "run" / "units").glob("*.json")}
+    pipeline.run_plan(absolute_config(relative), "run", ["base", "unified_lora"])
+    assert {f.name: f.stat().st_mtime_ns
+            for f in (tmp_path / "run" / "units").glob("*.json")} == finished

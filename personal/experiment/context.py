@@ -120,14 +120,18 @@ class Context:
 
     @property
     def base_key(self) -> str:
-        """Identity of the base model (for unit input hashes): the cache folder of the
-        built-in base (config + background fingerprint), or the HF name or path."""
+        """Identity of the base model (for unit input hashes): the built-in base's cache key
+        (config + background fingerprint), or the HF name or resolved local path. Never a
+        path as written: the Ray executor makes paths absolute, `personal train` keeps them
+        as given, and a run must resume under either."""
         if self.cfg.model.base != "tiny":
-            return f"{self.cfg.model.base}|{self.cfg.model.dtype}"
-        from personal.models.base import cache_path, data_fingerprint
+            base = Path(self.cfg.model.base)
+            name = str(base.resolve()) if base.exists() else self.cfg.model.base
+            return f"{name}|{self.cfg.model.dtype}"
+        from personal.models.base import cache_key, data_fingerprint
 
         bg = ensure_population(self.cfg.data.background_path, self.cfg, "background")
-        return str(cache_path(self.cfg, data_fingerprint(bg)))
+        return f"tiny-{cache_key(self.cfg, data_fingerprint(bg))}"
 
     def training_personas(self) -> list[str]:
         """Users whose data may be trained on or early-stopped on (not cold-start users)."""
