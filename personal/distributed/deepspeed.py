@@ -99,7 +99,7 @@ def deepspeed_worker(config: dict) -> None:
             engine.backward(loss)
             engine.step()
             res.steps += 1
-            res.train_losses.append((res.steps, float(loss)))
+            res.train_losses.append((res.steps, float(loss.detach())))
             if res.steps >= total:
                 break
     ray.train.report({"step": res.steps, "train_loss": res.train_losses[-1][1]})
