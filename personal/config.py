@@ -208,6 +208,12 @@ class RayConfig:
     """Ray Train FailureConfig: restarts of a dead worker (from its last checkpoint)."""
     deepspeed: Optional[str] = None
     """Path of a DeepSpeed ZeRO JSON for the unified model (GPUs only; skipped on CPU)."""
+    lanes: int = 2
+    """Units of the plan the Ray executor runs at once, each lane a Ray actor process with an
+    equal share of this machine's cores as torch threads; units start as soon as the units
+    they need have finished (`personal.distributed.lanes`). 1 runs them one after another in
+    the driver. Two single-thread lanes do ~1.2x the work of one two-thread process on 2
+    cores: a model this small does not keep two threads busy."""
 
 
 @dataclass

@@ -1,13 +1,16 @@
 """The Ray executor: the pipeline's stages and units, with the units that have a Ray form run
-on Ray (the unified adapter through Ray Train's TorchTrainer); every other unit runs in the
-driver exactly as in the local executor. Unit names and input hashes are the local ones, so a
-run directory resumes the same whichever executor made it.
+on Ray (the unified adapter through Ray Train's TorchTrainer). Every other unit runs as in the
+local executor: in `ray.lanes` lane actors at once, each unit as soon as the units it needs
+have finished (`personal.distributed.lanes`), or in the driver one after another with
+`ray.lanes=1`. Unit names and input hashes are the local ones, so a run directory resumes
+the same whichever executor made it.
 
     report = run_experiment(cfg, "runs/x", ["base", "unified_lora"])            # local Ray
     report = run_experiment(cfg, "runs/x", [...], address="ray://head:10001")    # a cluster
 """
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -73,4 +76,10 @@ def run_experiment(cfg: Config, run_path: str | Path, strategies: list[str], *,
         return execute_plan(ctx, strategies)
     temp = temp_dir or tempfile.mkdtemp(prefix="personal-ray-")
     with ray_runtime(address or cfg.ray.address, num_cpus, temp):
-        return execute_plan(ctx, strategies, stages_fn=ray_stages)
+        if cfg.ray.lanes == 1:
+            return execute_plan(ctx, strategies, stages_fn=ray_stages)
+        from personal.distributed.lanes import run_lanes
+
+        runner = functools.partial(run_lanes, lanes=cfg.ray.lanes)
+        return execute_plan(ctx, strategies, stages_fn=ray_stages, runner=runner,
+                            lanes=cfg.ray.lanes)

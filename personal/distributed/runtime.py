@@ -83,11 +83,14 @@ def worker_resources(cfg: Config) -> dict[str, float]:
 
 def worker_threads(cfg: Config, num_workers: int) -> int:
     """Torch threads of one Ray Train worker: its `ray.cpus_per_worker`, or on a local
-    runtime (no address) this machine's cores shared among the workers, so a laptop's one
-    default worker is not held to a single core while the driver waits."""
+    runtime (no address) the caller's torch threads shared among the workers, so a laptop's
+    one default worker is not held to a single core while the driver waits, and a lane
+    (one thread of two cores) does not start a worker that competes with the other lane."""
+    import torch
+
     local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     if local:
-        return max(cfg.ray.cpus_per_worker, (os.cpu_count() or 1) // max(1, num_workers))
+        return max(cfg.ray.cpus_per_worker, torch.get_num_threads() // max(1, num_workers))
     return cfg.ray.cpus_per_worker
 
 

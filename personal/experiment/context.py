@@ -73,6 +73,10 @@ class Context:
     splits: Splits
     fingerprint: str
     _examples: dict = field(default_factory=dict)
+    pretrain: bool = True
+    """May `base` pretrain the built-in base when it is not cached? A lane of the concurrent
+    executor turns this off outside `base/prepare`, so a unit that reaches for the base
+    before it is ready fails loudly instead of pretraining a second copy."""
 
     @classmethod
     def create(cls, cfg: Config, run_path: str | Path) -> "Context":
@@ -115,7 +119,7 @@ class Context:
         if self.cfg.model.base == "tiny":
             # the folder, not a loaded Dataset: a cache hit then costs one hash of its bytes
             background = ensure_population(self.cfg.data.background_path, self.cfg, "background")
-        return load_base(self.cfg, background=background, allow_pretrain=True,
+        return load_base(self.cfg, background=background, allow_pretrain=self.pretrain,
                          progress=self.progress)
 
     @property

@@ -37,14 +37,20 @@ def train_strategy(ctx: Context, name: str, stages_fn=strategy_units) -> str:
     """Run every unit of the strategy's stages; returns the hash of all their inputs.
     `stages_fn` lets the Ray executor swap in the Ray form of units (same names, inputs)."""
     hashes = []
-    trained = ctx.run.read_json("strategies.json") or []
-    if name not in trained:
-        ctx.run.write_json("strategies.json", trained + [name])
+    record_strategies(ctx, [name])
     for stage in stages_fn(ctx, name):
         for unit in stage:
             ctx.run.run_unit(unit.name, unit.inputs, unit.fn, unit.outputs)
             hashes.append(unit.inputs)
     return stable_hash(name, hashes)  # = trained_hash(ctx, name, stages_fn)
+
+
+def record_strategies(ctx: Context, names: list[str]) -> None:
+    """Add `names` to the run's strategies.json (what `personal eval` and reports list)."""
+    trained = ctx.run.read_json("strategies.json") or []
+    new = [n for n in names if n not in trained]
+    if new:
+        ctx.run.write_json("strategies.json", trained + new)
 
 
 def trained_strategies(run_path: str | Path) -> list[str]:
@@ -190,17 +196,25 @@ def plan_units(ctx: Context, strategies: list[str], stages_fn=strategy_units) ->
     return list(dict.fromkeys(names))
 
 
-def execute_plan(ctx: Context, strategies: list[str], stages_fn=strategy_units) -> Path:
-    """Base, noise ceiling, then train + evaluate each strategy with a progress line per
-    unit (stage, elapsed, ETA); writes the report and returns its path."""
-    from personal.experiment.progress import attach, format_seconds
-
-    progress = attach(ctx.run, plan_units(ctx, strategies, stages_fn))
+def run_in_order(ctx: Context, strategies: list[str], stages_fn, progress) -> None:
+    """Base, noise ceiling, then train + evaluate each strategy, one unit after another."""
     prepare_base(ctx)
     evaluate_noise_ceiling(ctx)
     for name in strategies:
         trained = train_strategy(ctx, name, stages_fn)
         evaluate_strategy(ctx, name, trained)
+
+
+def execute_plan(ctx: Context, strategies: list[str], stages_fn=strategy_units,
+                 runner=run_in_order, lanes: int = 1) -> Path:
+    """Run the plan's units with `runner(ctx, strategies, stages_fn, progress)` (default: in
+    order; the Ray executor's lanes run them concurrently) with a progress line per unit
+    (stage, elapsed, ETA); writes timings and the report and returns the report's path."""
+    from personal.experiment.progress import attach, format_seconds
+
+    progress = attach(ctx.run, plan_units(ctx, strategies, stages_fn), lanes)
+    record_strategies(ctx, strategies)
+    runner(ctx, strategies, stages_fn, progress)
     ctx.run.write_json("timings.json", {"plan": strategies, "units": progress.summary(),
                                         "total_seconds": progress.elapsed()})
     log.info("plan finished in %s", format_seconds(progress.elapsed()))

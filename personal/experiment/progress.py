@@ -54,8 +54,12 @@ def format_seconds(s: float) -> str:
 class PlanProgress:
     """Counts the plan's units, times them, and logs `[k/n] unit · elapsed · ETA` lines."""
 
-    def __init__(self, units: Sequence[str]):
+    def __init__(self, units: Sequence[str], lanes: int = 1):
         self.units = list(dict.fromkeys(units))
+        self.lanes = max(1, lanes)
+        """Units running at once: the ETA divides the work left among them."""
+        self.seen: list[str] = []
+        """Units started or skipped so far, in that order (a line's k)."""
         self.finished: dict[str, float] = {}
         self.start = time.perf_counter()
         self._measured = 0.0   # actual seconds of units that really ran (not base/prepare)
@@ -69,10 +73,10 @@ class PlanProgress:
 
     def eta(self) -> float:
         left = [u for u in self.units if u not in self.finished]
-        return self.speed() * sum(expected_seconds(u) for u in left)
+        return self.speed() * sum(expected_seconds(u) for u in left) / self.lanes
 
     def line(self, unit: str) -> str:
-        k = len(self.finished) + 1
+        k = self.seen.index(unit) + 1 if unit in self.seen else len(self.seen) + 1
         n = max(len(self.units), k)
         return (f"[{k}/{n}] {unit} · elapsed {format_seconds(time.perf_counter() - self.start)}"
                 f" · ETA {format_seconds(self.eta())}")
@@ -80,12 +84,16 @@ class PlanProgress:
     def begin(self, unit: str) -> None:
         if unit not in self.units:
             self.units.append(unit)
+        if unit not in self.seen:
+            self.seen.append(unit)
         log.info("%s", self.line(unit))
 
     def end(self, unit: str, seconds: float, skipped: bool) -> None:
         if skipped and unit in self.finished:
             return  # a unit shared by strategies (e.g. the unified adapter) ran already
         self.finished[unit] = 0.0 if skipped else seconds
+        if unit not in self.seen:
+            self.seen.append(unit)
         if not skipped and unit != "base/prepare":
             self._measured += seconds
             self._expected += expected_seconds(unit)
@@ -98,7 +106,7 @@ class PlanProgress:
         return dict(self.finished)
 
 
-def attach(run, units: Optional[Sequence[str]]) -> PlanProgress:
+def attach(run, units: Optional[Sequence[str]], lanes: int = 1) -> PlanProgress:
     """Give `run` a PlanProgress over `units` (its run_unit then reports to it)."""
-    run.progress = PlanProgress(units or [])
+    run.progress = PlanProgress(units or [], lanes)
     return run.progress

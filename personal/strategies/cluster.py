@@ -349,7 +349,7 @@ def assign_unit(ctx, scfg: ClusterConfig) -> Unit:
         return {"k": record["k"], "silhouette": record["silhouette"],
                 "placed": len(record["placed"])}
 
-    return Unit("assign/cluster_lora", inputs, work, [ASSIGNMENT])
+    return Unit("assign/cluster_lora", inputs, work, [ASSIGNMENT], needs_base=False)
 
 
 def read_assignment(ctx, scfg: ClusterConfig) -> dict:

@@ -20,12 +20,15 @@ class Unit:
     """One independent piece of work: `fn()` returns a JSON-able result record.
 
     `inputs` is the hash of everything the result depends on (config, data, upstream
-    units); `outputs` are run-relative paths the unit writes (checked on resume)."""
+    units); `outputs` are run-relative paths the unit writes (checked on resume).
+    `needs_base` False marks a unit that never touches the base model (MiniLM work on the
+    data alone), so a concurrent executor may run it while the base is still pretraining."""
 
     name: str
     inputs: str
     fn: Callable[[], dict]
     outputs: list[str]
+    needs_base: bool = True
 
 
 @dataclass

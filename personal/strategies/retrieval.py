@@ -161,7 +161,8 @@ def index_unit(ctx, name: str, personas: list[str]) -> Unit:
         return {"users": len(memory), "exchanges": int(len(vectors))}
 
     path = index_path(ctx, personas).relative_to(ctx.run.path)
-    return Unit(f"{name}/index", index_inputs(ctx, personas), work, [str(path)])
+    return Unit(f"{name}/index", index_inputs(ctx, personas), work, [str(path)],
+                needs_base=False)
 
 
 #: Tokens the chat template adds around the system and the latest user message (role
