@@ -1,4 +1,6 @@
 """Run directories: provenance is recorded, finished units are skipped, changed ones re-run."""
+import logging
+
 import yaml
 
 from personal.config import load_config
@@ -44,3 +46,29 @@ def test_finished_unit_is_skipped_and_changed_inputs_rerun(tmp_path):
 def test_stable_hash_ignores_key_order_but_not_values():
     assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_plan_progress_counts_concurrent_units_and_shares_the_eta_among_lanes():
+    from personal.experiment.progress import DEFAULT_SECONDS, PlanProgress
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage().split(" · ")[0])
+    log = logging.getLogger("personal")
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        progress = PlanProgress(["x/a", "x/b", "x/c"], lanes=2)   # 60 s expected each
+        assert progress.eta() == 3 * DEFAULT_SECONDS / 2
+        progress.begin("x/a")
+        progress.begin("x/b")                  # both running at once
+        progress.end("x/b", 120.0, skipped=False)
+        progress.begin("x/c")
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert lines == ["[1/3] x/a", "[2/3] x/b", "[3/3] x/c"]
+    # x/b took twice its expected time: the two units left are expected to take 2 x 60 s
+    # each, shared between two lanes
+    assert progress.speed() == 2.0 and progress.eta() == 2.0 * 2 * DEFAULT_SECONDS / 2

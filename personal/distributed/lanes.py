@@ -212,10 +212,10 @@ def _lane_logging() -> None:
     driver's console, prefixed with the lane), unless the run is quiet."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
-    quiet = os.environ.get("PERSONAL_QUIET") == "1"
+    handler.setLevel(logging.WARNING if os.environ.get("PERSONAL_QUIET") == "1" else logging.INFO)
     log.handlers = [h for h in log.handlers if isinstance(h, logging.FileHandler)] + [handler]
     log.propagate = False
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.setLevel(logging.INFO)  # the run's log file gets every line
 
 
 def run_node(ctx, name: str, kind: str, strategy: Optional[str],
@@ -240,7 +240,10 @@ def run_node(ctx, name: str, kind: str, strategy: Optional[str],
     elif kind == "eval":
         pipeline.evaluate_strategy(ctx, strategy, pipeline.trained_hash(ctx, strategy, stages_fn))
     else:
-        unit = next(u for stage in stages_fn(ctx, strategy) for u in stage if u.name == name)
+        unit = next((u for stage in stages_fn(ctx, strategy) for u in stage if u.name == name),
+                    None)
+        if unit is None:  # a strategy whose stages depend on what earlier units wrote
+            raise PersonalError(f"strategy {strategy} no longer declares unit {name}")
         ctx.run.run_unit(unit.name, unit.inputs, unit.fn, unit.outputs)
     skipped = _record_time(ctx, name) == before
     return time.perf_counter() - t0, skipped

@@ -216,7 +216,8 @@ def execute_plan(ctx: Context, strategies: list[str], stages_fn=strategy_units,
     record_strategies(ctx, strategies)
     runner(ctx, strategies, stages_fn, progress)
     ctx.run.write_json("timings.json", {"plan": strategies, "units": progress.summary(),
-                                        "total_seconds": progress.elapsed()})
+                                        "total_seconds": progress.elapsed(),
+                                        "lanes": progress.lanes})
     log.info("plan finished in %s", format_seconds(progress.elapsed()))
     return report_run(ctx.run.path)
 

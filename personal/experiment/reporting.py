@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from personal.config import load_config
 from personal.errors import PersonalError
@@ -46,5 +47,19 @@ def report_from_run(run_path: Path) -> Path:
     if timings:
         lines = ["", "## Wall time per unit", "", "| unit | seconds |", "|---|---|"]
         lines += [f"| {u} | {s:.1f} |" for u, s in timings.items()]
+        lines += plan_time_lines(run.read_json("timings.json"), sum(timings.values()))
         md.write_text(md.read_text(encoding="utf-8") + "\n".join(lines) + "\n", encoding="utf-8")
     return md
+
+
+def plan_time_lines(plan: Optional[dict], unit_total: float) -> list[str]:
+    """The last plan's wall time; with lanes, units ran side by side, so it is less than
+    the sum of the unit times above."""
+    from personal.experiment.progress import format_seconds
+
+    if not plan or "total_seconds" not in plan:
+        return []
+    lanes = plan.get("lanes", 1)
+    side = (f" in {lanes} lanes (the unit times above add up to {format_seconds(unit_total)})"
+            if lanes > 1 else "")
+    return ["", f"The last `personal run` took {format_seconds(plan['total_seconds'])}{side}."]
