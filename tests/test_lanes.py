@@ -149,3 +149,21 @@ def test_two_lanes_compute_what_one_computes_and_overlap(tmp_path, monkeypatch):
     assert all([kind for kind, _ in events] == ["start", "done"] for events in times.values())
     spans = sorted((ev[0][1], ev[1][1]) for ev in times.values())
     assert any(b0 < a1 for (a0, a1), (b0, b1) in zip(spans, spans[1:])), "no two units overlapped"
+
+
+@pytest.mark.timeout(300)
+def test_a_unit_failing_in_a_lane_stops_the_plan_with_its_own_error(tmp_path, monkeypatch):
+    from personal.distributed.executor import run_experiment
+    from personal.distributed.smoke import smoke_config
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("PERSONAL_QUIET", "1")
+    cfg = smoke_config(tmp_path / "world", users=3, sessions=6,
+                       overrides=[f"model.base={tmp_path / 'no_such_base'}"])
+    temp = tempfile.mkdtemp(prefix="pray")
+    try:
+        with pytest.raises(PersonalError, match="no_such_base.*not available offline"):
+            run_experiment(cfg, tmp_path / "run", ["base", "unified_lora"], num_cpus=2,
+                           temp_dir=temp)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
