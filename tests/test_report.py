@@ -91,3 +91,13 @@ def test_cell_formatting():
     assert fmt_p(3e-7) == "<0.0001" and fmt_p(0.04321) == "0.0432"
     assert fmt_criteria({"improved": True, "mean": True, "worst": False, "p": True}) == \
         "FAIL (3/4: worst)"
+
+
+def test_the_report_gives_the_plans_wall_time_and_its_lanes():
+    from personal.experiment.reporting import plan_time_lines
+
+    plan = {"total_seconds": 2222.2, "lanes": 2, "units": {"train/a": 3000.0, "eval/a": 1400.0}}
+    assert plan_time_lines(plan)[-1] == ("The last `personal run` took 37m02s in 2 lanes "
+                                         "(its units' times add up to 1h13m).")
+    assert plan_time_lines({**plan, "lanes": 1})[-1] == "The last `personal run` took 37m02s."
+    assert plan_time_lines(None) == [] and plan_time_lines({"units": {}}) == []

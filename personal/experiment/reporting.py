@@ -43,23 +43,24 @@ def report_from_run(run_path: Path) -> Path:
     md, _ = write_report(summary, per_user, rows, run.path, noise_ceiling=ceiling,
                          reference=reference, min_user_score=cfg.eval.min_user_score,
                          alpha=cfg.eval.alpha, title=f"Personalization results: {run.path.name}")
-    timings = run.unit_seconds()
+    # a fleet also records each of its adapters (train/adapters/...): part of the fleet's time
+    timings = {u: s for u, s in run.unit_seconds().items() if not u.startswith("train/adapters/")}
     if timings:
         lines = ["", "## Wall time per unit", "", "| unit | seconds |", "|---|---|"]
         lines += [f"| {u} | {s:.1f} |" for u, s in timings.items()]
-        lines += plan_time_lines(run.read_json("timings.json"), sum(timings.values()))
+        lines += plan_time_lines(run.read_json("timings.json"))
         md.write_text(md.read_text(encoding="utf-8") + "\n".join(lines) + "\n", encoding="utf-8")
     return md
 
 
-def plan_time_lines(plan: Optional[dict], unit_total: float) -> list[str]:
-    """The last plan's wall time; with lanes, units ran side by side, so it is less than
-    the sum of the unit times above."""
+def plan_time_lines(plan: Optional[dict]) -> list[str]:
+    """The last `personal run`'s wall time; in lanes, units ran side by side, so it is less
+    than the sum of its units' times."""
     from personal.experiment.progress import format_seconds
 
     if not plan or "total_seconds" not in plan:
         return []
-    lanes = plan.get("lanes", 1)
-    side = (f" in {lanes} lanes (the unit times above add up to {format_seconds(unit_total)})"
+    lanes, units = plan.get("lanes", 1), sum(plan.get("units", {}).values())
+    side = (f" in {lanes} lanes (its units' times add up to {format_seconds(units)})"
             if lanes > 1 else "")
     return ["", f"The last `personal run` took {format_seconds(plan['total_seconds'])}{side}."]
