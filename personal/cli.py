@@ -175,19 +175,13 @@ def _config(config: Optional[Path], overrides: List[str], data: Optional[Path] =
 
 def _logging(quiet: bool) -> None:
     """Progress on stderr: INFO lines (and progress bars) unless --quiet."""
-    import logging
     import os
+
+    from personal.experiment.runs import console_log
 
     if quiet:
         os.environ["PERSONAL_QUIET"] = "1"
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
-    log = logging.getLogger("personal")
-    log.handlers = [h for h in log.handlers if not isinstance(h, logging.StreamHandler)
-                    or isinstance(h, logging.FileHandler)]
-    log.addHandler(handler)
-    log.propagate = False  # libraries that configure the root logger would print it twice
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    console_log(quiet)
 
 
 CONFIG_OPT = typer.Option(None, "--config", help="YAML file listing the config keys it changes.")

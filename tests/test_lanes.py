@@ -107,7 +107,7 @@ def test_a_lane_never_pretrains_a_base_outside_base_prepare(tmp_path):
     ctx = Context.create(cfg, tmp_path / "run")
     ctx.pretrain = False
     with pytest.raises(PersonalError, match="not pretrained yet"):
-        lanes.run_node(ctx, "train/unified_lora", "unit", "unified_lora")
+        lanes.run_node(ctx, "train/unified_lora", "unit", "unified_lora", strategy_units)
 
 
 LOG_LINE = re.compile(r"^(\S+ \S+) INFO (start|done) (\S+)")

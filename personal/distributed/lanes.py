@@ -120,11 +120,11 @@ def lane_threads(lanes: int) -> int:
     return max(1, (os.cpu_count() or 1) // lanes)
 
 
-def run_lanes(ctx, strategies: list[str], stages_fn: Callable, progress, *, lanes: int,
-              ray_forms: bool = True) -> None:
+def run_lanes(ctx, strategies: list[str], stages_fn: Callable, progress, *,
+              lanes: int) -> None:
     """Run every unit of the plan on `lanes` lane actors, each as soon as what it needs has
-    finished; `progress` (a PlanProgress) hears of every start and end. With `ray_forms`,
-    lanes run the Ray form of units (the unified adapter through Ray Train). A failing unit
+    finished; the lanes build units with `stages_fn` (a module-level function: it travels
+    by name). `progress` (a PlanProgress) hears of every start and end. A failing unit
     stops the plan with its own error."""
     import ray
 
@@ -138,7 +138,7 @@ def run_lanes(ctx, strategies: list[str], stages_fn: Callable, progress, *, lane
     threads = lane_threads(lanes)
     env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     actors = [_lane_class().options(num_cpus=0, runtime_env={"env_vars": env}).remote(
-        config_payload(ctx.cfg), str(ctx.run.path.resolve()), threads, ray_forms)
+        config_payload(ctx.cfg), str(ctx.run.path.resolve()), threads, stages_fn)
         for _ in range(min(lanes, len(graph)))]
     free, running, done, started = list(actors), {}, set(), set()
     try:
@@ -186,49 +186,47 @@ def _lane_class():
     class Lane:
         """A process that runs units of one plan, one at a time, on the run's directory."""
 
-        def __init__(self, payload: dict, run_path: str, threads: int, ray_forms: bool):
+        def __init__(self, payload: dict, run_path: str, threads: int, stages_fn: Callable):
             import torch
 
             from personal.distributed.runtime import worker_context
             from personal.eval.embed import share_embeddings
-            from personal.experiment.runs import _attach_log
+            from personal.experiment.runs import _attach_log, console_log
 
             torch.set_num_threads(threads)
-            _lane_logging()
+            console_log(os.environ.get("PERSONAL_QUIET") == "1")
             self.ctx = worker_context(payload, run_path)
             self.ctx.pretrain = False
-            self.ray_forms = ray_forms
+            self.stages_fn = stages_fn
             _attach_log(Path(run_path) / "logs" / "run.log")
             share_embeddings(Path(run_path) / "cache" / "embeddings")
 
         def run(self, name: str, kind: str, strategy: Optional[str]) -> tuple[float, bool]:
-            return run_node(self.ctx, name, kind, strategy, self.ray_forms)
+            return run_node(self.ctx, name, kind, strategy, self.stages_fn)
 
     return Lane
 
 
-def _lane_logging() -> None:
-    """INFO lines of the `personal` logger on the lane's stderr (Ray shows them on the
-    driver's console, prefixed with the lane), unless the run is quiet."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
-    handler.setLevel(logging.WARNING if os.environ.get("PERSONAL_QUIET") == "1" else logging.INFO)
-    log.handlers = [h for h in log.handlers if isinstance(h, logging.FileHandler)] + [handler]
-    log.propagate = False
-    log.setLevel(logging.INFO)  # the run's log file gets every line
+class _UnitRecorder:
+    """A lane's stand-in for PlanProgress: `Run.run_unit` tells it whether a unit ran or was
+    skipped, and how long it took (the driver's PlanProgress shows the plan's lines)."""
+
+    def __init__(self):
+        self.ended: dict[str, tuple[float, bool]] = {}
+
+    def begin(self, unit: str) -> None:
+        log.info("start %s", unit)
+
+    def end(self, unit: str, seconds: float, skipped: bool) -> None:
+        self.ended[unit] = (seconds, skipped)
 
 
 def run_node(ctx, name: str, kind: str, strategy: Optional[str],
-             ray_forms: bool = False) -> tuple[float, bool]:
+             stages_fn: Callable) -> tuple[float, bool]:
     """Run one unit of the plan in this process; returns (seconds, skipped)."""
-    import time
-
-    from personal.distributed.executor import ray_stages
     from personal.experiment import pipeline
 
-    stages_fn = ray_stages if ray_forms else pipeline.strategy_units
-    t0 = time.perf_counter()
-    before = _record_time(ctx, name)
+    recorder = ctx.run.progress = _UnitRecorder()
     if kind == "base":
         ctx.pretrain = True
         try:
@@ -245,13 +243,4 @@ def run_node(ctx, name: str, kind: str, strategy: Optional[str],
         if unit is None:  # a strategy whose stages depend on what earlier units wrote
             raise PersonalError(f"strategy {strategy} no longer declares unit {name}")
         ctx.run.run_unit(unit.name, unit.inputs, unit.fn, unit.outputs)
-    skipped = _record_time(ctx, name) == before
-    return time.perf_counter() - t0, skipped
-
-
-def _record_time(ctx, name: str) -> Optional[int]:
-    """When the unit's record was last written (None: never): unchanged means skipped."""
-    from personal.experiment.runs import _safe
-
-    path = ctx.run.path / "units" / f"{_safe(name)}.json"
-    return path.stat().st_mtime_ns if path.is_file() else None
+    return recorder.ended[name]

@@ -150,6 +150,20 @@ def _safe(unit: str) -> str:
     return unit.replace("/", "__")
 
 
+def console_log(quiet: bool) -> None:
+    """Progress on stderr: the `personal` logger's INFO lines, or only warnings when
+    `quiet`. The quiet filter sits on the console handler, so the run's log file (see
+    `_attach_log`) still gets every line."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    log = logging.getLogger("personal")
+    log.handlers = [h for h in log.handlers if not isinstance(h, logging.StreamHandler)
+                    or isinstance(h, logging.FileHandler)] + [handler]
+    log.propagate = False  # libraries that configure the root logger would print it twice
+    log.setLevel(logging.INFO)
+
+
 def _attach_log(path: Path) -> None:
     """Log the `personal` logger to the run's log file (once per file)."""
     log = logging.getLogger("personal")
