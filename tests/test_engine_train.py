@@ -10,7 +10,7 @@ from transformers import get_linear_schedule_with_warmup
 from personal.config import TrainConfig
 from personal.engine import (adapter_batches, adapter_state, inject_stacked_lora, train_stacked,
                              validation_losses)
-from personal.engine.sampler import collate
+from personal.engine.sampler import collate, pack_rows
 from personal.engine.toy import random_examples, tiny_llama
 from personal.errors import PersonalError
 
@@ -170,3 +170,20 @@ def test_splitting_a_step_into_small_passes_changes_nothing():
     train_stacked(split, data, CFG, lrs=LRS, micro_batch_rows=1)
     for k in range(3):
         assert _close(adapter_state(whole, k), adapter_state(split, k))
+
+
+def _lengths(passes):
+    return [[len(ex["input_ids"]) for _, ex in p] for p in passes]
+
+
+def test_pack_rows_cuts_where_padding_costs_more_than_a_pass():
+    rows = [(k, {"input_ids": [0] * n}) for k, n in enumerate([10, 100, 10, 100, 10])]
+    # one pass: 64 + 5 x 100 = 564; long | short: (64 + 200) + (64 + 30) = 358
+    assert _lengths(pack_rows(rows, 64, pass_cost=64)) == [[100, 100], [10, 10, 10]]
+    # a pass dearer than the padding it saves: 1000 + 500 beats 2000 + 230
+    assert _lengths(pack_rows(rows, 64, pass_cost=1000)) == [[100, 100, 10, 10, 10]]
+    # never more than micro_batch_rows rows in a pass
+    capped = _lengths(pack_rows(rows, 2, pass_cost=1000))
+    assert capped[0] == [100, 100] and sorted(map(len, capped)) == [1, 2, 2]
+    assert sorted(k for p in pack_rows(rows, 2, pass_cost=64) for k, _ in p) == [0, 1, 2, 3, 4]
+    assert pack_rows([], 64) == []

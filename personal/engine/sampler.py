@@ -3,7 +3,7 @@
 Adapter k draws its examples from its own generator (seed `seed + k` unless given), epoch
 after epoch, in batches of `batch_size`; this is the order it would see if trained alone.
 A training step takes the next batch of every adapter still training and packs them, sorted
-by length, into forward passes of at most `micro_batch_rows` rows.
+by length, into forward passes of at most `micro_batch_rows` rows (cut to keep padding low).
 """
 from __future__ import annotations
 
@@ -64,13 +64,38 @@ def target_count(example: dict, has_prefix: bool) -> int:
     return sum(t != IGNORE for t in (labels if has_prefix else labels[1:]))
 
 
-def pack_rows(rows: list[tuple[int, dict]], micro_batch_rows: int) -> list[list[tuple[int, dict]]]:
-    """Split (adapter, example) rows into forward passes; sorting by length keeps padding low.
-    The split does not change the result: every row's loss is weighted by its own adapter's
-    token count, so gradients accumulate to the same sum."""
+#: A forward + backward pass's fixed cost in padded-token equivalents, by device. On 2 CPU
+#: cores a pass of the built-in base costs ~8 ms plus ~135 us per token (rows x width), so a
+#: pass is worth ~64 tokens of padding (benchmarks/fleet_padding.py); a GPU pays far more
+#: per launch and far less per token, so there it is worth large passes.
+PASS_COST_TOKENS = {"cpu": 64, "cuda": 16384}
+
+
+def pack_rows(rows: list[tuple[int, dict]], micro_batch_rows: int,
+              pass_cost: int = PASS_COST_TOKENS["cpu"]) -> list[list[tuple[int, dict]]]:
+    """Split (adapter, example) rows into forward passes of at most `micro_batch_rows` rows,
+    sorted by length, cut where it minimises padded tokens + `pass_cost` per pass.
+
+    Fixed-size chunks padded a step of 10 cluster adapters (40 sessions of 60-800 tokens in
+    one pass) to 1.75x its real tokens; the cut is chosen exactly, by dynamic programming
+    over the sorted rows. The split does not change the result: every row's loss is weighted
+    by its own adapter's token count, so gradients accumulate to the same sum."""
     rows = sorted(rows, key=lambda r: len(r[1]["input_ids"]), reverse=True)
     size = max(1, micro_batch_rows)
-    return [rows[i:i + size] for i in range(0, len(rows), size)]
+    n = len(rows)
+    best, cut = [0.0] * (n + 1), [n] * (n + 1)
+    for i in range(n - 1, -1, -1):  # best[i]: cheapest packing of rows[i:]
+        width = len(rows[i][1]["input_ids"])  # the widest row of any pass starting at i
+        best[i] = float("inf")
+        for j in range(i + 1, min(n, i + size) + 1):
+            cost = pass_cost + width * (j - i) + best[j]
+            if cost < best[i]:
+                best[i], cut[i] = cost, j
+    passes, i = [], 0
+    while i < n:
+        passes.append(rows[i:cut[i]])
+        i = cut[i]
+    return passes
 
 
 def collate(rows: list[tuple[int, dict]], pad_token_id: int, device) -> dict[str, torch.Tensor]:
