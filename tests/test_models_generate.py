@@ -101,3 +101,43 @@ def test_decoding_cuts_at_the_first_end_of_turn_token(trained):
     end, pad = tok.eos_token_id, tok.pad_token_id
     row = torch.tensor(ids + [end] + ids + [pad, pad])
     assert decode_new(tok, row, frozenset({end})) == "The AC is on."
+
+
+def hf_greedy(model, tok, items, max_new_tokens=40):
+    """transformers' own greedy generate(), one prompt at a time (no padding at all)."""
+    from personal.models.chat import stop_ids
+
+    stops = stop_ids(tok)
+    out = []
+    for it in items:
+        ids = torch.tensor([FMT.prompt_ids(tok, it, max_new_tokens)])
+        new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=sorted(stops), pad_token_id=tok.pad_token_id)
+        out.append(decode_new(tok, new[0, ids.shape[1]:], stops))
+    return out
+
+
+def test_greedy_matches_transformers_generate_also_through_peft(trained):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = trained
+    items = examples() + [Example("persona_1", 0, 1, {"weather": "rainy"},
+                                  [Message("user", w)], "") for w in
+                          ("Could you set the TV please?", "warm lights and music", "arm it")]
+    assert generate(model, tok, items, gen_cfg(batch_size=64), fmt=FMT) == \
+        hf_greedy(model, tok, items)
+    # an unmerged peft wrapper (forward(**kwargs)) gives the same as transformers' generate,
+    # and its prompt pass still computes only the last position's logits
+    peft = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                           init_lora_weights=False)).eval()
+    widths = []
+    hook = peft.get_base_model().register_forward_hook(
+        lambda mod, args, out: widths.append(out.logits.shape[1]))
+    texts = generate(peft, tok, items, gen_cfg(batch_size=64), fmt=FMT)
+    hook.remove()
+    assert set(widths) == {1}
+    assert texts == hf_greedy(peft, tok, items)
+    assert texts != hf_greedy(model, tok, items)  # the random LoRA really changed something
