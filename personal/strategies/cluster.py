@@ -151,12 +151,17 @@ def turn_embeddings(ds: Dataset, splits: Splits, ids: Sequence[str], turns: int)
     from personal.eval.embed import embed
 
     by_id = ds.by_id()
-    rows = []
+    picked = []
     for pid in ids:
         sessions = [by_id[pid].sessions[i] for i in training_sessions(splits[pid])]
         texts = [m.text for s in sessions for m in s.messages if m.role == "assistant"]
-        vecs = embed(sample_evenly(texts, turns))
-        rows.append(vecs.mean(axis=0) if len(vecs) else np.full(vecs.shape[1], np.nan))
+        picked.append(sample_evenly(texts, turns))
+    # one call for all users: full, length-sorted batches instead of one short call per user
+    vecs, rows, start = embed([t for texts in picked for t in texts]), [], 0
+    for texts in picked:
+        mine = vecs[start:start + len(texts)]
+        start += len(texts)
+        rows.append(mine.mean(axis=0) if len(mine) else np.full(vecs.shape[1], np.nan))
     return np.array(rows, dtype=np.float64)
 
 
