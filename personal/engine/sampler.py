@@ -66,7 +66,7 @@ def target_count(example: dict, has_prefix: bool) -> int:
 
 #: A forward + backward pass's fixed cost in padded-token equivalents, by device. On 2 CPU
 #: cores a pass of the built-in base costs ~8 ms plus ~135 us per token (rows x width), so a
-#: pass is worth ~64 tokens of padding (benchmarks/fleet_padding.py); a GPU pays far more
+#: pass is worth ~64 tokens of padding (benchmarks/fleet_step.py); a GPU pays far more
 #: per launch and far less per token, so there it is worth large passes.
 PASS_COST_TOKENS = {"cpu": 64, "cuda": 16384}
 

@@ -1,10 +1,10 @@
-"""Padding and wall time of a fleet's training steps when `pack_rows` cuts each step's rows
-into passes to minimise padding (now) against the fewest passes of <= 64 rows (before).
+"""Wall time of a fleet's training steps two ways:
 
-A fleet of few adapters is where it matters: 10 cluster adapters x 4 sessions make one step
-of 40 rows, which the fewest-passes packing pads to its longest session.
+- `fewest_passes`: each step's rows in the fewest passes of <= 64 rows (as before): 10
+  cluster adapters x 4 sessions make one 40-row pass padded to its longest session;
+- `cut`: `pack_rows` cuts the sorted rows where padding costs more than a pass.
 
-    python benchmarks/fleet_padding.py [--data data/default] [--adapters 10] [--steps 12]
+    python benchmarks/fleet_step.py [--data data/default] [--adapters 10] [--steps 12]
 
 Users are split into `--adapters` equal groups (like clusters), each group's packed training
 sessions are one adapter's data, and both packings train the same fresh stack for `--steps`
@@ -84,7 +84,8 @@ def main() -> None:
 
     out = {}
     saved = dict(sampler.PASS_COST_TOKENS)
-    for label, cost in (("fewest_passes", 10 ** 9), ("cut", saved["cpu"])):
+    variants = (("fewest_passes", 10 ** 9), ("cut", saved["cpu"]))
+    for label, cost in variants:
         sampler.PASS_COST_TOKENS["cpu"] = cost
         try:
             real, padded, passes = padding(datasets, plans, args.steps)
@@ -98,7 +99,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(out))
         return
-    for label in ("fewest_passes", "cut"):
+    for label, _ in variants:
         r = out[label]
         print(f"{label:>14}: {r['padded_over_real']:.3f}x padded tokens, {r['passes']} passes, "
               f"{r['seconds']:.1f}s")
