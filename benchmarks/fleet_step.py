@@ -26,9 +26,9 @@ def step_rows(datasets, plans, step):
 def padding(datasets, plans, steps, micro_batch_rows=64):
     """(real tokens, padded tokens, passes) of the first `steps` steps under the current
     PASS_COST_TOKENS."""
-    from personal.engine.sampler import pack_rows
-    from personal.engine.train import pass_cost
     import torch
+
+    from personal.engine.sampler import pack_rows, pass_cost
 
     real = padded = passes = 0
     for s in range(steps):
@@ -56,7 +56,7 @@ def timed_training(ctx, datasets, steps):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", default=None, help="data folder (default: data.path)")
-    ap.add_argument("--run", default="runs/bench_fleet_padding")
+    ap.add_argument("--run", default="runs/bench_fleet_step")
     ap.add_argument("--adapters", type=int, default=10)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--json", action="store_true")

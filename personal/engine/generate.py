@@ -108,8 +108,9 @@ def _static_cache(model, length: int):
 
 def _forward_parameters(model):
     # A peft wrapper's forward takes **kwargs and hands them to the model it wraps: ask that.
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inspect.signature(inner.forward).parameters
+    from personal.models.training import unwrapped
+
+    return inspect.signature(unwrapped(model).forward).parameters
 
 
 def _cache_argument(model) -> str:

@@ -71,13 +71,18 @@ def target_count(example: dict, has_prefix: bool) -> int:
 PASS_COST_TOKENS = {"cpu": 64, "cuda": 16384}
 
 
+def pass_cost(device: torch.device) -> int:
+    """`pack_rows`' fixed cost of a pass on this device (unknown kinds count as a GPU)."""
+    return PASS_COST_TOKENS.get(device.type, PASS_COST_TOKENS["cuda"])
+
+
 def pack_rows(rows: list[tuple[int, dict]], micro_batch_rows: int,
               pass_cost: int = PASS_COST_TOKENS["cpu"]) -> list[list[tuple[int, dict]]]:
     """Split (adapter, example) rows into forward passes of at most `micro_batch_rows` rows,
     sorted by length, cut where it minimises padded tokens + `pass_cost` per pass.
 
     Fixed-size chunks padded a step of 10 cluster adapters (40 sessions of 60-800 tokens in
-    one pass) to 1.75x its real tokens; the cut is chosen exactly, by dynamic programming
+    one pass) to 1.8x its real tokens; the cut is chosen exactly, by dynamic programming
     over the sorted rows. The split does not change the result: every row's loss is weighted
     by its own adapter's token count, so gradients accumulate to the same sum."""
     rows = sorted(rows, key=lambda r: len(r[1]["input_ids"]), reverse=True)

@@ -23,8 +23,8 @@ from torch import nn
 from personal.config import TrainConfig
 from personal.engine.optim import StackedAdamW, clip_per_adapter, linear_warmup_decay, warmup_steps
 from personal.engine.prompts import build_inputs, prompt_tables
-from personal.engine.sampler import (IGNORE, PASS_COST_TOKENS, adapter_batches, check_examples,
-                                     collate, pack_rows, target_count)
+from personal.engine.sampler import (IGNORE, adapter_batches, check_examples, collate, pack_rows,
+                                     pass_cost, target_count)
 from personal.engine.stacked_lora import (StackedWeights, adapter_rows, get_routing,
                                           load_adapter_state, stacked_parameters)
 from personal.errors import PersonalError
@@ -261,11 +261,6 @@ def validation_losses(model: nn.Module, val_datasets: Sequence[Sequence[dict]],
         sums.index_add_(0, batch["adapters"], _row_loss_sums(model, batch))
     model.train(was_training)
     return {k: sums[k].item() / counts[k] for k in adapters if counts[k] > 0}
-
-
-def pass_cost(device: torch.device) -> int:
-    """`pack_rows`' fixed cost of a pass on this device (unknown kinds count as a GPU)."""
-    return PASS_COST_TOKENS.get(device.type, PASS_COST_TOKENS["cuda"])
 
 
 def _due(st: _State, k: int) -> bool:

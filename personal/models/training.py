@@ -61,6 +61,12 @@ def collate(features: Sequence[Features], pad_id: int,
 
 # --- Loss -----------------------------------------------------------------------------------
 
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (whose forward takes **kwargs and hands
+    them on), else `model` itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def target_logits(model: torch.nn.Module, inputs: dict, sel: torch.Tensor) -> torch.Tensor:
     """Logits only at the positions that predict a target token ([n_targets, vocab]); `sel`
     marks them over columns 0 .. T-2 (position t predicts token t+1).
@@ -70,7 +76,7 @@ def target_logits(model: torch.nn.Module, inputs: dict, sel: torch.Tensor) -> to
     nothing: running the head on the decoder's hidden states at the selected positions
     only saves ~15% of an adapter training step of the built-in base. Models whose head
     does more than one linear map (e.g. logit soft-capping) take the full path."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     decoder, head = getattr(inner, "model", None), inner.get_output_embeddings()
     if decoder is None or head is None or getattr(inner.config, "final_logit_softcapping", None):
         return model(**inputs, use_cache=False).logits[:, :-1][sel]
