@@ -28,7 +28,7 @@ from personal.engine.sampler import (IGNORE, adapter_batches, check_examples, co
 from personal.engine.stacked_lora import (StackedWeights, adapter_rows, get_routing,
                                           load_adapter_state, stacked_parameters)
 from personal.errors import PersonalError
-from personal.models.training import target_logits
+from personal.models.training import target_losses
 
 AdapterRef = Union[dict, StackedWeights, str, Path]
 
@@ -191,11 +191,10 @@ def _train_step(st: _State, active: list[int]) -> None:
     losses = torch.zeros(len(st.runs), device=st.device)
     for chunk in pack_rows(rows, st.micro_batch_rows, pass_cost(st.device)):
         batch = collate(chunk, st.pad_token_id, st.device)
-        sums = _row_loss_sums(st.model, batch)
         scale = torch.tensor([1.0 / counts[k] for k, _ in chunk], device=st.device)
-        per_row = sums * scale
-        per_row.sum().backward()
-        losses.index_add_(0, batch["adapters"], per_row.detach())
+        total, sums = _row_losses(st.model, batch, scale)
+        total.backward()
+        losses.index_add_(0, batch["adapters"], sums * scale)
         st.examples += len(chunk)
         st.tokens += int(batch["attention_mask"].sum())
     idx = torch.tensor(active, device=st.device)
@@ -229,17 +228,19 @@ def _l2_penalty(st: _State, idx: torch.Tensor) -> torch.Tensor:
     return st.l2_lambda * total
 
 
-def _row_loss_sums(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum of next-token cross-entropy over each row's target tokens, shape [rows]."""
+def _row_losses(model: nn.Module, batch: dict[str, torch.Tensor],
+                row_scale: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over rows of row_scale * the row's summed next-token cross-entropy, which is
+    differentiable; each row's summed cross-entropy [rows], detached)."""
     with adapter_rows(model, batch["adapters"]):
         inputs = build_inputs(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         labels = inputs.pop("labels")
         shifted = labels[:, 1:]
         sel = shifted != IGNORE
-        logits = target_logits(model, inputs, sel)
-    ce = F.cross_entropy(logits.float(), shifted[sel], reduction="none")
-    rows = sel.nonzero()[:, 0]
-    return torch.zeros(labels.shape[0], device=ce.device).index_add_(0, rows, ce)
+        rows = sel.nonzero()[:, 0]
+        weight = None if row_scale is None else row_scale[rows]
+        total, ce = target_losses(model, inputs, sel, shifted[sel], weight)
+    return total, torch.zeros(labels.shape[0], device=ce.device).index_add_(0, rows, ce)
 
 
 @torch.no_grad()
@@ -258,7 +259,7 @@ def validation_losses(model: nn.Module, val_datasets: Sequence[Sequence[dict]],
     model.eval()
     for chunk in pack_rows(rows, micro_batch_rows, pass_cost(device)):
         batch = collate(chunk, pad_token_id, device)
-        sums.index_add_(0, batch["adapters"], _row_loss_sums(model, batch))
+        sums.index_add_(0, batch["adapters"], _row_losses(model, batch)[1])
     model.train(was_training)
     return {k: sums[k].item() / counts[k] for k in adapters if counts[k] > 0}
 

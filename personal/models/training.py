@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from personal.models.chat import IGNORE
+from personal.models.fused_ce import linear_cross_entropy
 
 Features = dict[str, list[int]]
 
@@ -67,27 +68,35 @@ def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def target_logits(model: torch.nn.Module, inputs: dict, sel: torch.Tensor) -> torch.Tensor:
-    """Logits only at the positions that predict a target token ([n_targets, vocab]); `sel`
-    marks them over columns 0 .. T-2 (position t predicts token t+1).
+def target_losses(model: torch.nn.Module, inputs: dict, sel: torch.Tensor,
+                  target: torch.Tensor, token_weight: Optional[torch.Tensor] = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over the selected targets of token_weight * cross-entropy, the per-target
+    cross-entropies [n_targets], detached). `sel` marks the positions that predict a target
+    over columns 0 .. T-2 (position t predicts token t+1); `target` holds those targets in
+    the same order.
 
-    The output head over the vocabulary is the costliest layer of a small model, and a
-    packed session has targets spread over the whole row, so keeping the last columns saves
-    nothing: running the head on the decoder's hidden states at the selected positions
-    only saves ~15% of an adapter training step of the built-in base. Models whose head
-    does more than one linear map (e.g. logit soft-capping) take the full path."""
+    The output head over the vocabulary is the costliest layer of a small model: it runs on
+    the decoder's hidden states at the selected positions only, through
+    `linear_cross_entropy`, which never holds all their logits (a packed session has targets
+    spread over the whole row, so keeping the last columns would save nothing). Models whose
+    head is more than one linear map (logit soft-capping, an adapted head) take the full
+    path: all logits, then `F.cross_entropy`."""
     inner = unwrapped(model)
     decoder, head = getattr(inner, "model", None), inner.get_output_embeddings()
-    if decoder is None or head is None or getattr(inner.config, "final_logit_softcapping", None):
-        return model(**inputs, use_cache=False).logits[:, :-1][sel]
+    if decoder is None or type(head) is not torch.nn.Linear or \
+            getattr(inner.config, "final_logit_softcapping", None):
+        logits = model(**inputs, use_cache=False).logits[:, :-1][sel]
+        ce = F.cross_entropy(logits.float(), target, reduction="none")
+        return (ce.sum() if token_weight is None else (ce * token_weight).sum()), ce.detach()
     hidden = decoder(**inputs, use_cache=False).last_hidden_state
-    return head(hidden[:, :-1][sel])
+    return linear_cross_entropy(hidden[:, :-1][sel], head.weight, target, token_weight,
+                                head.bias)
 
 
 def masked_lm_loss(model: torch.nn.Module,
                    batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(mean next-token loss over labelled tokens, their count); logits are computed at the
-    labelled positions only (`target_logits`)."""
+    """(mean next-token loss over labelled tokens, their count), through `target_losses`."""
     labels = batch["labels"]
     target = labels[:, 1:]
     sel = target != IGNORE
@@ -95,9 +104,8 @@ def masked_lm_loss(model: torch.nn.Module,
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
     if n == 0:
         return model(**inputs, use_cache=False).logits.sum() * 0.0, 0
-    logits = target_logits(model, inputs, sel)
-    loss = F.cross_entropy(logits.float(), target[sel], reduction="sum")
-    return loss / n, n
+    total, _ = target_losses(model, inputs, sel, target[sel])
+    return total / n, n
 
 
 @torch.no_grad()
