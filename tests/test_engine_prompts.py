@@ -144,3 +144,35 @@ def test_lora_and_prompt_tables_train_together_in_either_order():
             assert changed == set(after), set(after) - changed       # every table trained
         assert not any(p.requires_grad for n, p in model.named_parameters()
                        if "lora_" not in n and "personal_prompts" not in n)
+
+
+def test_finished_rows_leave_the_batch_and_the_others_decode_as_before(monkeypatch):
+    """Rows that meet eos are dropped mid-decoding (from the KV cache, the adapter routing
+    and the user vectors); every other row goes on exactly as in the batch without eos."""
+    from collections import Counter
+
+    import personal.engine.generate as G
+    from personal.engine import load_adapter_state
+
+    model = inject_stacked_lora(tiny_llama(0), 3, rank=2, alpha=4)
+    g = torch.Generator().manual_seed(8)
+    for k in range(3):
+        load_adapter_state(model, k, {key: 0.5 * torch.randn(v.shape, generator=g)
+                                      for key, v in adapter_state(model, 0).items()})
+    tables = attach_prompts(model, 3, prefix_len=L, user_vector=True, seed=4)
+    with torch.no_grad():
+        tables.user_vector.copy_(torch.randn(tables.user_vector.shape, generator=g))
+    prompts = [PROMPTS[i % 3] + [7 + i] for i in range(12)]
+    rows = torch.tensor([i % 4 - 1 for i in range(12)])
+    ids, mask = left_pad(prompts)
+    free = generate_mixed(model, ids, mask, rows, 10).tolist()  # no eos: no row leaves
+    eos = Counter(t for row in free for t in row[1:4]).most_common(1)[0][0]
+    kept = []
+    real = G._drop_rows
+    monkeypatch.setattr(G, "_drop_rows", lambda m, c, keep: kept.append(int(keep.sum()))
+                        or real(m, c, keep))
+    out = generate_mixed(model, ids, mask, rows, 10, eos_token_id=eos, pad_token_id=0).tolist()
+    assert kept and min(kept) < len(prompts)  # rows really left the batch
+    for r, want in enumerate(free):
+        cut = want.index(eos) + 1 if eos in want else len(want)
+        assert out[r][:cut] == want[:cut] and set(out[r][cut:]) <= {0}, r

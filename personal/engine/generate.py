@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from personal.engine.prompts import build_inputs, leading_pads, positions, prompt_tables
-from personal.engine.stacked_lora import Rows, adapter_rows, get_routing
+from personal.engine.stacked_lora import Rows, adapter_rows, get_routing, keep_rows
 from personal.errors import PersonalError
 
 
@@ -70,26 +70,53 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos, pad) -> torch
     cache = _static_cache(model, mask.shape[1] + max_new_tokens)
     first = {cache_arg: cache} if cache is not None else {}
     out = model(**inputs, use_cache=True, **first, **last_only)
+    tokens = input_ids.new_full((input_ids.shape[0], max_new_tokens), pad)
+    alive = torch.arange(input_ids.shape[0], device=input_ids.device)  # rows still decoding
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     eos_t = torch.tensor(eos, device=input_ids.device, dtype=torch.long)
-    tokens = []
+    steps = 0
     for step in range(max_new_tokens):
         nxt = out.logits[:, -1].argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        tokens.append(nxt)
+        tokens[alive, step] = nxt
+        steps = step + 1
         if len(eos):
             done = done | torch.isin(nxt, eos_t)
             if bool(done.all()):
                 break
         if step == max_new_tokens - 1:
             break
+        cache_now = _cache_of(out)
+        if _worth_dropping(done) and _drop_rows(model, cache_now, ~done):
+            keep = (~done).nonzero().flatten()
+            alive, nxt, mask, done = alive[keep], nxt[keep], mask[keep], done[keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = positions(mask)[:, -1:]
         out = model(**_next_inputs(model, nxt), attention_mask=mask, position_ids=pos,
-                    use_cache=True, **{cache_arg: _cache_of(out)}, **last_only)
-    if not tokens:
-        return input_ids.new_zeros((input_ids.shape[0], 0))
-    return torch.stack(tokens, dim=1)
+                    use_cache=True, **{cache_arg: cache_now}, **last_only)
+    return tokens[:, :steps]
+
+
+def _worth_dropping(done: torch.Tensor) -> bool:
+    """Drop finished rows once they are a quarter of the batch: every step costs in
+    proportion to the rows it carries (their KV cache is read whole), and one drop costs
+    about one step (the cache is copied). A batch whose replies run 20 tokens on average
+    and 27 at most decoded 1.33x the tokens it kept; 2.15x where a few ran to the limit."""
+    n = int(done.sum())
+    return n > 0 and 4 * n >= done.numel()
+
+
+def _drop_rows(model, cache, keep_mask: torch.Tensor) -> bool:
+    """Keep only the rows of `keep_mask` in the KV cache and the adapter routing; False
+    (nothing changed) where the cache cannot select rows."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or not all(hasattr(layer, "reorder_cache") for layer in layers):
+        return False
+    keep = keep_mask.nonzero().flatten()
+    for layer in layers:
+        layer.reorder_cache(keep)  # index_select on the batch dimension
+    keep_rows(model, keep)
+    return True
 
 
 def _static_cache(model, length: int):

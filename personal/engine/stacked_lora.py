@@ -232,6 +232,16 @@ def set_adapter_rows(model: nn.Module, rows: Optional[Rows]) -> None:
     routing.set(rows)
 
 
+def keep_rows(model: nn.Module, keep: torch.Tensor) -> None:
+    """Route only rows `keep` (LongTensor) of the current routing, in that order: decoding
+    drops the rows that have finished. A model without a stack, or no rows set: nothing."""
+    routing = getattr(model, "_stacked_routing", None)
+    if routing is None or routing.batch_size() is None:
+        return
+    rows = routing.index if routing.index is not None else routing.weights
+    routing.set(rows.index_select(0, keep.to(rows.device)))
+
+
 @contextlib.contextmanager
 def adapter_rows(model: nn.Module, rows: Rows) -> Iterator[None]:
     """Context manager form of `set_adapter_rows`; restores the previous routing on exit."""
