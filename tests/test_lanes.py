@@ -167,3 +167,31 @@ def test_a_unit_failing_in_a_lane_stops_the_plan_with_its_own_error(tmp_path, mo
                            temp_dir=temp)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.timeout(300)
+def test_workers_of_a_local_runtime_take_the_allocator_settings(monkeypatch):
+    """glibc reads its malloc settings when a process starts: a local runtime's workers must
+    be born with them (a value the user set wins)."""
+    import ray
+
+    from personal.distributed.runtime import ALLOCATOR_ENV, allocator_env, ray_runtime
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)
+    assert allocator_env() == {"MALLOC_MMAP_MAX_": ALLOCATOR_ENV["MALLOC_MMAP_MAX_"],
+                               "MALLOC_TRIM_THRESHOLD_": "12345"}
+
+    @ray.remote(num_cpus=0)
+    def worker_env():
+        import os
+        return {k: os.environ.get(k) for k in ALLOCATOR_ENV}
+
+    temp = tempfile.mkdtemp(prefix="pray")
+    try:
+        with ray_runtime(num_cpus=1, temp_dir=temp):
+            seen = ray.get(worker_env.remote())
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert seen == {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "12345"}

@@ -128,7 +128,7 @@ def run_lanes(ctx, strategies: list[str], stages_fn: Callable, progress, *,
     stops the plan with its own error."""
     import ray
 
-    from personal.distributed.runtime import config_payload
+    from personal.distributed.runtime import allocator_env, config_payload
     from personal.experiment.progress import expected_seconds
 
     if lanes < 1:
@@ -136,7 +136,8 @@ def run_lanes(ctx, strategies: list[str], stages_fn: Callable, progress, *,
     graph = plan_graph(ctx, strategies, stages_fn)
     priority = critical_paths(graph, expected_seconds)
     threads = lane_threads(lanes)
-    env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env = {**{k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+           **allocator_env()}
     actors = [_lane_class().options(num_cpus=0, runtime_env={"env_vars": env}).remote(
         config_payload(ctx.cfg), str(ctx.run.path.resolve()), threads, stages_fn)
         for _ in range(min(lanes, len(graph)))]

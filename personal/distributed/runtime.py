@@ -112,6 +112,21 @@ def storage_dir(run_path: str | Path) -> str:
     return str(path)
 
 
+#: glibc malloc settings for every process of a local Ray runtime (lanes, Ray Train
+#: workers): take big blocks from the heap and keep up to 1 GB of it after a free. By
+#: default glibc maps each block over 32 MB afresh and unmaps it on free, so every such
+#: tensor (a 256-row generation batch has several) page-faults its memory in again: an
+#: elementwise op on 38 MB took 32 ms instead of 10, and prompt prefill of 256 rows ran
+#: 2x slower (`benchmarks/allocator.py`). Linux/glibc only; elsewhere they mean nothing.
+#: A value already in the environment wins.
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def allocator_env() -> dict[str, str]:
+    """`ALLOCATOR_ENV` with any value the environment already sets."""
+    return {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}
+
+
 def ray_active() -> bool:
     """True when this process is connected to a Ray runtime (the Ray executor is running)."""
     import sys
@@ -141,6 +156,9 @@ def ray_runtime(address: Optional[str] = None, num_cpus: Optional[int] = None,
         # the main job's 2,880 console lines). Loopback only, on a free port.
         kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1",
                       dashboard_port=free_port())
+        # Set before the runtime starts: glibc reads them when a process starts, and every
+        # worker of a local runtime inherits this process's environment.
+        os.environ.update(allocator_env())
         if temp_dir is not None:
             # Unix socket paths are limited to ~107 bytes: keep the temp root short.
             Path(temp_dir).mkdir(parents=True, exist_ok=True)
