@@ -83,10 +83,14 @@ def _chunked(hidden, weight, bias, target, token_weight, chunk, need_h, need_w):
             token_weight[start:start + chunk, None]
         g = exp.mul_(w_i / norm)
         g.scatter_add_(1, t[:, None], -w_i)
+        g_low = g.to(weight.dtype)  # the products run in the weight's dtype (tensor cores)
         if need_h:
-            torch.mm(g.to(weight.dtype), weight, out=grad_h[start:start + chunk])
+            torch.mm(g_low, weight, out=grad_h[start:start + chunk])
         if need_w:
-            grad_w.addmm_(g.t(), h.float())
+            if g_low.dtype == torch.float32:
+                grad_w.addmm_(g_low.t(), h)
+            else:  # a bf16 product, summed over chunks in float32
+                grad_w.add_(torch.mm(g_low.t(), h))
             if grad_b is not None:
                 grad_b.add_(g.sum(0))
     return ce, grad_h, grad_w, grad_b

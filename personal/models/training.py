@@ -17,6 +17,12 @@ from personal.models.fused_ce import linear_cross_entropy
 
 Features = dict[str, list[int]]
 
+#: Devices whose loss goes through `linear_cross_entropy`. On a CPU it is faster (pretraining
+#: steps 1.14x, `benchmarks/fused_loss.py`). On an H200 it held 7x less memory for the
+#: logits but ran 0.77-0.93x as fast as the plain path (16k tokens x 32k vocabulary, bf16
+#: and fp32; `benchmarks/gpu_loss_decode.py`): GPUs keep the plain path.
+FUSED_CE_DEVICES = ("cpu",)
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python and torch (CPU and CUDA): initialisation and dropout become reproducible."""
@@ -79,12 +85,14 @@ def target_losses(model: torch.nn.Module, inputs: dict, sel: torch.Tensor,
     The output head over the vocabulary is the costliest layer of a small model: it runs on
     the decoder's hidden states at the selected positions only, through
     `linear_cross_entropy`, which never holds all their logits (a packed session has targets
-    spread over the whole row, so keeping the last columns would save nothing). Models whose
-    head is more than one linear map (logit soft-capping, an adapted head) take the full
-    path: all logits, then `F.cross_entropy`."""
+    spread over the whole row, so keeping the last columns would save nothing), on the
+    devices of `FUSED_CE_DEVICES`. Elsewhere, and for models whose head is more than one
+    linear map (logit soft-capping, an adapted head), the full path: all logits, then
+    `F.cross_entropy`."""
     inner = unwrapped(model)
     decoder, head = getattr(inner, "model", None), inner.get_output_embeddings()
     if decoder is None or type(head) is not torch.nn.Linear or \
+            head.weight.device.type not in FUSED_CE_DEVICES or \
             getattr(inner.config, "final_logit_softcapping", None):
         logits = model(**inputs, use_cache=False).logits[:, :-1][sel]
         ce = F.cross_entropy(logits.float(), target, reduction="none")
