@@ -26,9 +26,10 @@ def plain_linear_cross_entropy(hidden, weight, target, token_weight=None, bias=N
     """The unfused reference: all logits, then `F.cross_entropy`."""
     import torch.nn.functional as F
 
+    from personal.models.fused_ce import weighted_sum
+
     ce = F.cross_entropy(F.linear(hidden, weight, bias).float(), target, reduction="none")
-    total = ce.sum() if token_weight is None else (ce * token_weight).sum()
-    return total, ce.detach()
+    return weighted_sum(ce, token_weight), ce.detach()
 
 
 def timed_step(model, params, batch, variant):

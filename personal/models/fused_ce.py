@@ -29,6 +29,11 @@ def chunk_rows(vocab: int, device: torch.device) -> int:
     return max(1, elements // max(vocab, 1))
 
 
+def weighted_sum(ce: torch.Tensor, token_weight: Optional[torch.Tensor]) -> torch.Tensor:
+    """sum(token_weight * ce), or sum(ce) without weights."""
+    return ce.sum() if token_weight is None else (ce * token_weight).sum()
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                          token_weight: Optional[torch.Tensor] = None,
                          bias: Optional[torch.Tensor] = None,
@@ -50,8 +55,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: tor
         t is not None and t.requires_grad for t in (hidden, weight, bias))
     if not wants_grad:
         ce = _chunked(hidden, weight, bias, target, None, chunk, False, False)[0]
-        total = ce.sum() if token_weight is None else (ce * token_weight).sum()
-        return total, ce
+        return weighted_sum(ce, token_weight), ce
     total, ce = _LinearCrossEntropy.apply(hidden, weight, bias, target, token_weight, chunk)
     return total, ce
 
@@ -115,7 +119,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_w = need_w or (bias is not None and ctx.needs_input_grad[2])
         ce, grad_h, grad_w, grad_b = _chunked(hidden, weight, bias, target, token_weight,
                                               chunk, need_h, need_w)
-        total = ce.sum() if token_weight is None else (ce * token_weight).sum()
+        total = weighted_sum(ce, token_weight)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(ce)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from personal.models.chat import IGNORE
-from personal.models.fused_ce import linear_cross_entropy
+from personal.models.fused_ce import linear_cross_entropy, weighted_sum
 
 Features = dict[str, list[int]]
 
@@ -96,7 +96,7 @@ def target_losses(model: torch.nn.Module, inputs: dict, sel: torch.Tensor,
             getattr(inner.config, "final_logit_softcapping", None):
         logits = model(**inputs, use_cache=False).logits[:, :-1][sel]
         ce = F.cross_entropy(logits.float(), target, reduction="none")
-        return (ce.sum() if token_weight is None else (ce * token_weight).sum()), ce.detach()
+        return weighted_sum(ce, token_weight), ce.detach()
     hidden = decoder(**inputs, use_cache=False).last_hidden_state
     return linear_cross_entropy(hidden[:, :-1][sel], head.weight, target, token_weight,
                                 head.bias)
