@@ -127,6 +127,42 @@ def test_prompt_tables_trained_together_equal_each_trained_alone():
             assert torch.allclose(mine[key], ref[key], atol=1e-5, rtol=1e-4), key
 
 
+def test_a_frozen_zero_lora_stack_is_skipped_and_prefix_training_is_unchanged(monkeypatch):
+    """A prefix-only fleet carries a frozen LoRA stack whose B is zero: it adds exactly 0, so
+    it is skipped (no dropout, no products), and the prefixes train as if it ran."""
+    from personal.engine.stacked_lora import StackedLoRALinear, lora_layers
+
+    def train(skip: bool):
+        if not skip:
+            monkeypatch.setattr(StackedLoRALinear, "_frozen_zero", lambda self: False)
+        model = tiny_llama(0)
+        inject_stacked_lora(model, 2, rank=2, alpha=4, dropout=0.5)
+        attach_prompts(model, 2, prefix_len=2, seed=3)
+        for layer in lora_layers(model):
+            layer.lora_A.requires_grad_(False)
+            layer.lora_B.requires_grad_(False)
+        calls = []
+        for layer in lora_layers(model):
+            layer.dropout.register_forward_hook(lambda *a: calls.append(1))
+        torch.manual_seed(0)
+        train_stacked(model, [random_examples(4, 1), random_examples(4, 2)],
+                      TrainConfig(lr=5e-2, epochs=2, batch_size=2, patience=0, seed=1))
+        monkeypatch.undo()
+        return model, [adapter_state(model, k)["prompts.prefix"] for k in range(2)], len(calls)
+
+    _, skipped, calls_skipped = train(skip=True)
+    model, ran, calls_ran = train(skip=False)
+    assert calls_skipped == 0 and calls_ran > 0
+    for a, b in zip(skipped, ran):
+        assert torch.equal(a, b)
+    # A nonzero frozen B is applied, with or without autograd.
+    ids = torch.tensor([PROMPTS[0]])
+    with adapter_rows(model, [0]), torch.no_grad():
+        before = model(ids).logits
+        lora_layers(model)[0].lora_B[0].fill_(0.5)  # in place, as loading does
+        assert not torch.allclose(model(ids).logits, before)
+
+
 def test_lora_and_prompt_tables_train_together_in_either_order():
     for lora_first in (True, False):
         model = tiny_llama(0)

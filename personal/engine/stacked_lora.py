@@ -106,10 +106,25 @@ class StackedLoRALinear(nn.Module):
         if r.batch_size() != x.shape[0]:
             raise PersonalError(f"adapter rows were set for {r.batch_size()} rows but the batch "
                                 f"has {x.shape[0]}")
+        if self._frozen_zero():
+            return out
         # The adapter runs in its own dtype (fp32 next to a bf16 base), as peft does.
         h = self.dropout(x.to(self.lora_A.dtype)).reshape(x.shape[0], -1, x.shape[-1])
         delta = self._indexed(h) if r.index is not None else self._mixed(h)
         return out + delta.reshape(out.shape).to(out.dtype)
+
+    def _frozen_zero(self) -> bool:
+        """True when every B is zero and nothing here trains (a prefix-only fleet, or its
+        adapters at prediction): the path would add exactly 0 and pass no gradient, yet cost
+        dropout, two batched products and their backward (~1/5 of a prefix fleet's step).
+        Checked once per change of the weights."""
+        if torch.is_grad_enabled() and (self.lora_A.requires_grad or self.lora_B.requires_grad):
+            return False
+        key = (self.lora_B._version, self.lora_B.data_ptr())
+        cache = getattr(self, "_zero_cache", None)
+        if cache is None or cache[0] != key:
+            cache = self._zero_cache = (key, not bool(self.lora_B.detach().any()))
+        return cache[1]
 
     def _indexed(self, h: torch.Tensor) -> torch.Tensor:
         r = self.routing
