@@ -182,6 +182,23 @@ def world(tmp_path_factory):
     return cfg, Context.create(cfg, root / "run")
 
 
+def test_the_token_counter_tokenizes_each_distinct_text_once(world):
+    tokenizer = world[1].base[1]
+    seen = []
+
+    def counting(texts, **kw):
+        seen.extend(texts)
+        return tokenizer(texts, **kw)
+
+    count = retrieval.token_counter(counting)
+    texts = ["Dim the lights to 40.", "Past exchanges with this user:", "Dim the lights to 40."]
+    truth = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert count(texts) == truth
+    assert count(texts[::-1] + ["Arm the alarm."]) == truth[::-1] + [
+        len(tokenizer("Arm the alarm.", add_special_tokens=False)["input_ids"])]
+    assert seen == [texts[0], texts[1], "Arm the alarm."]
+
+
 def test_k0_gives_no_context_and_exactly_the_unified_prompt(world):
     _, ctx = world
     r = retrieval.load_retriever(ctx, RetrievalConfig(k=0), ctx.eval_personas())

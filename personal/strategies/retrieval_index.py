@@ -141,6 +141,10 @@ class UserIndex:
     def __init__(self, exchanges: list[Exchange], vectors: Optional[np.ndarray]):
         self.exchanges = exchanges
         self.recency = recency_scores(exchanges)
+        # Tie-break keys and sessions as arrays: ranking runs once per query turn (~30k).
+        self._position = np.array([x.position for x in exchanges], dtype=np.int64)
+        self._turn = np.array([x.turn_index for x in exchanges], dtype=np.int64)
+        self._session = np.array([x.session_id for x in exchanges], dtype=np.int64)
         self.faiss = None
         if vectors is not None and len(exchanges):
             import faiss
@@ -170,10 +174,10 @@ class UserIndex:
             sims = self.similarities(query)
             w = 1.0 if s.method == "similarity" else s.hybrid_weight
             score = w * sims + (1.0 - w) * self.recency
-        order = sorted((i for i, x in enumerate(self.exchanges)
-                        if x.session_id != example.session_id),
-                       key=lambda i: (-score[i], -self.exchanges[i].position,
-                                      -self.exchanges[i].turn_index))
+        # Best score first, then the later session, then the later turn: a total order
+        # (np.lexsort sorts by its last key first).
+        order = np.lexsort((-self._turn, -self._position, -np.asarray(score, np.float64)))
+        order = order[self._session[order] != example.session_id]
         return [self.exchanges[i] for i in order[:s.k]]
 
 
