@@ -78,8 +78,12 @@ def run_experiment(cfg: Config, run_path: str | Path, strategies: list[str], *,
     with ray_runtime(address or cfg.ray.address, num_cpus, temp):
         if cfg.ray.lanes == 1:
             return execute_plan(ctx, strategies, stages_fn=ray_stages)
-        from personal.distributed.lanes import run_lanes
+        from personal.distributed.lanes import run_lanes, start_lanes, stop_lanes
 
-        runner = functools.partial(run_lanes, lanes=cfg.ray.lanes)
-        return execute_plan(ctx, strategies, stages_fn=ray_stages, runner=runner,
-                            lanes=cfg.ray.lanes)
+        actors = start_lanes(ctx, cfg.ray.lanes, ray_stages)  # they start while we plan
+        try:
+            runner = functools.partial(run_lanes, lanes=cfg.ray.lanes, actors=actors)
+            return execute_plan(ctx, strategies, stages_fn=ray_stages, runner=runner,
+                                lanes=cfg.ray.lanes)
+        finally:
+            stop_lanes(actors)  # already done unless the plan failed before it ran

@@ -120,27 +120,49 @@ def lane_threads(lanes: int) -> int:
     return max(1, (os.cpu_count() or 1) // lanes)
 
 
-def run_lanes(ctx, strategies: list[str], stages_fn: Callable, progress, *,
-              lanes: int) -> None:
-    """Run every unit of the plan on `lanes` lane actors, each as soon as what it needs has
-    finished; the lanes build units with `stages_fn` (a module-level function: it travels
-    by name). `progress` (a PlanProgress) hears of every start and end. A failing unit
-    stops the plan with its own error."""
-    import ray
-
+def start_lanes(ctx, lanes: int, stages_fn: Callable) -> list:
+    """`lanes` lane actors, started now. Their start (a process each, torch imported, the
+    data loaded: ~14 s here) runs while the driver still simulates the background users and
+    hashes the plan's units, instead of after."""
     from personal.distributed.runtime import allocator_env, config_payload
-    from personal.experiment.progress import expected_seconds
 
     if lanes < 1:
         raise PersonalError(f"ray.lanes={lanes}: need at least one lane")
-    graph = plan_graph(ctx, strategies, stages_fn)
-    priority = critical_paths(graph, expected_seconds)
     threads = lane_threads(lanes)
     env = {**{k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
            **allocator_env()}
-    actors = [_lane_class().options(num_cpus=0, runtime_env={"env_vars": env}).remote(
+    return [_lane_class().options(num_cpus=0, runtime_env={"env_vars": env}).remote(
         config_payload(ctx.cfg), str(ctx.run.path.resolve()), threads, stages_fn)
-        for _ in range(min(lanes, len(graph)))]
+        for _ in range(lanes)]
+
+
+def stop_lanes(actors: list) -> None:
+    import ray
+
+    for actor in actors:
+        ray.kill(actor)
+
+
+def run_lanes(ctx, strategies: list[str], stages_fn: Callable, progress, *,
+              lanes: int, actors: Optional[list] = None) -> None:
+    """Run every unit of the plan on `lanes` lane actors (`actors` if already started by
+    `start_lanes`), each unit as soon as what it needs has finished; the lanes build units
+    with `stages_fn` (a module-level function: it travels by name). `progress` (a
+    PlanProgress) hears of every start and end. A failing unit stops the plan with its own
+    error. The lanes are stopped at the end."""
+    import ray
+
+    from personal.experiment.progress import expected_seconds
+
+    actors = start_lanes(ctx, lanes, stages_fn) if actors is None else list(actors)
+    try:
+        graph = plan_graph(ctx, strategies, stages_fn)
+    except BaseException:
+        stop_lanes(actors)
+        raise
+    priority = critical_paths(graph, expected_seconds)
+    stop_lanes(actors[len(graph):])  # a plan of fewer units than lanes
+    actors = actors[:len(graph)]
     free, running, done, started = list(actors), {}, set(), set()
     try:
         while len(done) < len(graph):
@@ -159,8 +181,7 @@ def run_lanes(ctx, strategies: list[str], stages_fn: Callable, progress, *,
             done.add(name)
             free.append(actor)
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        stop_lanes(actors)
 
 
 def _result(ref, name: str) -> tuple[float, bool]:
