@@ -71,6 +71,48 @@ def test_left_padded_mixed_rows_equal_each_row_alone():
         assert batch[r].tolist() == _greedy_by_hand(model, prompt, 8, prefix, vector), r
 
 
+def test_the_prompt_pass_skips_the_last_layers_work_on_all_but_the_last_position():
+    """The last layer only writes keys and values for the prompt, and the last position goes
+    through every layer as a decoding step: the first logits and the cache are those of one
+    plain pass, and the last layer's MLP never sees the other positions."""
+    from personal.engine.generate import _prompt_pass
+    from transformers import StaticCache
+
+    model, _ = _with_prompts()
+    inject_stacked_lora(model, 3, rank=2, alpha=4)
+    with torch.no_grad():
+        for layer in model.modules():
+            if hasattr(layer, "lora_B"):
+                layer.lora_B.normal_()
+    ids, mask = left_pad(PROMPTS)
+    seen = []
+    mlps = [layer.mlp for layer in model.model.layers]
+    hooks = [m.register_forward_hook(lambda m, a, o, i=i: seen.append((i, a[0].shape[1])))
+             for i, m in enumerate(mlps)]
+    results = []
+    with adapter_rows(model, torch.tensor([0, 2, -1])), torch.no_grad():
+        from personal.engine import build_inputs
+        inputs = build_inputs(model, ids, mask)
+        width = inputs["attention_mask"].shape[1]
+        for trimmed in (True, False):
+            seen.clear()
+            cache = StaticCache(config=model.config, max_cache_len=width + 4)
+            if trimmed:
+                out = _prompt_pass(model, inputs, "cache", cache, {"logits_to_keep": 1})
+                assert seen == [(0, width - 1), (0, 1), (1, 1)]   # last layer: 1 position
+            else:
+                out = model(**inputs, use_cache=True, cache=cache, logits_to_keep=1)
+                assert seen == [(0, width), (1, width)]
+            results.append((out.logits[:, -1], [(layer.keys.clone(), layer.values.clone())
+                                                 for layer in cache.layers]))
+    for h in hooks:
+        h.remove()
+    (trim, trim_kv), (plain, plain_kv) = results
+    assert torch.allclose(trim, plain, atol=1e-5)
+    for (k1, v1), (k2, v2) in zip(trim_kv, plain_kv):
+        assert torch.allclose(k1, k2, atol=1e-5) and torch.allclose(v1, v2, atol=1e-5)
+
+
 def test_user_vector_alone_changes_generation():
     model, tables = _with_prompts(prefix_len=0)
     ids = torch.tensor([PROMPTS[2]])
