@@ -68,7 +68,10 @@ def test_generator_answers_as_offline_with_fewer_slots_than_adapters(world, name
     examples = world.examples("test")
     expected = offline(world, name, examples)
     if name == "per_user_lora":
-        assert len(set(expected)) > 2  # the adapters differ, so equality says something
+        # The adapters answer differently, so equality says something. (How many distinct
+        # texts the random smoke base ends with is luck: lr 0.05 for 20 epochs turns any
+        # float-order change into other weights.)
+        assert len(set(expected)) >= 2
     core, table = generator(world, name, slots)
     assert len(table.folders()) > slots
     routes = [table.route(e.persona_id) for e in examples]

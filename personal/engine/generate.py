@@ -100,70 +100,24 @@ def _prompt_pass(model, inputs: dict, cache_arg: str, cache, last_only: dict):
     """The forward pass over the prompts that fills the KV cache and gives the first logits.
 
     Only the last position's output is used, so the last decoder layer needs nothing but
-    its keys and values for the other positions. Where that layer is a Llama one, the pass
+    its keys and values for the other positions (`personal.models.last_layer`). Where that
+    layer is a Llama one, the pass
     runs as (1) every position but the last, the last layer computing only keys and values,
     then (2) the last position through all layers, as a decoding step. On the 2-layer
     built-in base that skips ~40% of the prompt pass (queries, attention, output projection
     and MLP of half the layers). Elsewhere: one plain pass."""
+    from personal.models.last_layer import keys_and_values_only, last_llama_layer
+
     first = {cache_arg: cache} if cache is not None else {}
-    layer = _last_llama_layer(model)
+    layer = last_llama_layer(model)
     if layer is None or inputs["attention_mask"].shape[1] < 2:
         return model(**inputs, use_cache=True, **first, **last_only)
     head = {k: v[:, :-1] for k, v in inputs.items()}
-    with _keys_and_values_only(layer):
+    with keys_and_values_only(layer):
         out = model(**head, use_cache=True, **first, **last_only)
     tail = {k: v[:, -1:] for k, v in inputs.items() if k != "attention_mask"}
     return model(**tail, attention_mask=inputs["attention_mask"], use_cache=True,
                  **{cache_arg: _cache_of(out)}, **last_only)
-
-
-def _last_llama_layer(model):
-    """The last decoder layer of a transformers Llama model (also under a peft wrapper or
-    with stacked LoRA / prompt tables), else None: the key/value-only pass below follows
-    that layer's own code, so other architectures keep the plain pass."""
-    from personal.models.training import unwrapped
-
-    try:
-        from transformers.models.llama import modeling_llama
-    except ImportError:  # pragma: no cover
-        return None
-    inner = getattr(unwrapped(model), "model", None)
-    layers = getattr(inner, "layers", None)
-    if not layers or type(layers[-1]) is not modeling_llama.LlamaDecoderLayer or \
-            type(layers[-1].self_attn) is not modeling_llama.LlamaAttention:
-        return None
-    return layers[-1]
-
-
-class _keys_and_values_only:
-    """Within: `layer` only writes its keys and values for the positions it gets to the
-    KV cache (as `LlamaAttention.forward` computes them) and passes its input on."""
-
-    def __init__(self, layer):
-        self.layer = layer
-
-    def __enter__(self):
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        attn = self.layer.self_attn
-
-        def forward(hidden_states, attention_mask=None, position_ids=None, cache=None,
-                    use_cache=False, position_embeddings=None, **kwargs):
-            h = self.layer.input_layernorm(hidden_states)
-            shape = (*h.shape[:-1], -1, attn.head_dim)
-            keys = attn.k_proj(h).view(shape).transpose(1, 2)
-            values = attn.v_proj(h).view(shape).transpose(1, 2)
-            cos, sin = position_embeddings
-            _, keys = apply_rotary_pos_emb(keys, keys, cos, sin)
-            cache.update(keys, values, attn.layer_idx,
-                         kwargs={"position_ids": position_ids, "use_cache": use_cache, **kwargs})
-            return hidden_states
-
-        self.layer.forward = forward
-        return self
-
-    def __exit__(self, *exc):
-        del self.layer.forward  # the class's own forward again
 
 
 def _worth_dropping(done: torch.Tensor) -> bool:

@@ -86,7 +86,8 @@ def target_losses(model: torch.nn.Module, inputs: dict, sel: torch.Tensor,
     the decoder's hidden states at the selected positions only, through
     `linear_cross_entropy`, which never holds all their logits (a packed session has targets
     spread over the whole row, so keeping the last columns would save nothing), on the
-    devices of `FUSED_CE_DEVICES`. Elsewhere, and for models whose head is more than one
+    devices of `FUSED_CE_DEVICES`; so does a Llama model's last decoder layer, apart from
+    its keys and values (`last_layer.target_hidden`). Elsewhere, and for models whose head is more than one
     linear map (logit soft-capping, an adapted head), the full path: all logits, then
     `F.cross_entropy`."""
     inner = unwrapped(model)
@@ -97,9 +98,10 @@ def target_losses(model: torch.nn.Module, inputs: dict, sel: torch.Tensor,
         logits = model(**inputs, use_cache=False).logits[:, :-1][sel]
         ce = F.cross_entropy(logits.float(), target, reduction="none")
         return weighted_sum(ce, token_weight), ce.detach()
-    hidden = decoder(**inputs, use_cache=False).last_hidden_state
-    return linear_cross_entropy(hidden[:, :-1][sel], head.weight, target, token_weight,
-                                head.bias)
+    from personal.models.last_layer import target_hidden
+
+    return linear_cross_entropy(target_hidden(inner, decoder, inputs, sel), head.weight,
+                                target, token_weight, head.bias)
 
 
 def masked_lm_loss(model: torch.nn.Module,
