@@ -253,6 +253,31 @@ def test_training_turns_never_retrieve_from_their_own_session(world, monkeypatch
         assert e.session_id not in {x.session_id for x in got}
 
 
+def test_the_index_unit_embeds_the_evaluated_queries_once_for_both_evaluations(
+        world, monkeypatch, tmp_path):
+    """Both retrieval evaluations find their test queries embedded by the index unit (two
+    lanes running them at once each embedded all of them)."""
+    from personal.eval import embed as embed_mod
+
+    cfg, _ = world
+    ctx = Context.create(cfg, tmp_path / "run")
+    embed_mod._CACHE.clear()
+    unit = retrieval.index_unit(ctx, "retrieval", retrieval.memory_personas(ctx, False))
+    result = unit.fn()
+    turns = ctx.examples(cfg.eval.split, ctx.eval_personas())
+    assert result["queries"] == len(turns) > 0
+
+    def no_more(texts, **kw):
+        raise AssertionError(f"embedded again: {texts[:2]}")
+
+    monkeypatch.setattr(embed_mod.embedding_model(), "encode", no_more)
+    for trained in (False, True):
+        scfg = (RetrievalTrainedConfig if trained else RetrievalConfig)(k=2)
+        r = retrieval.load_retriever(ctx, scfg, retrieval.memory_personas(ctx, False))
+        r.prepare(turns)
+        assert all(r(e) for e in turns)
+
+
 def test_bad_options_are_named():
     with pytest.raises(PersonalError, match="method must be one of similarity, recency, hybrid"):
         retrieval.check(RetrievalConfig(method="bm25"))
