@@ -157,14 +157,8 @@ def run_lanes(ctx, strategies: list[str], stages_fn: Callable, progress, *,
     actors = start_lanes(ctx, lanes, stages_fn) if actors is None else list(actors)
     try:
         graph = plan_graph(ctx, strategies, stages_fn)
-    except BaseException:
-        stop_lanes(actors)
-        raise
-    priority = critical_paths(graph, expected_seconds)
-    stop_lanes(actors[len(graph):])  # a plan of fewer units than lanes
-    actors = actors[:len(graph)]
-    free, running, done, started = list(actors), {}, set(), set()
-    try:
+        priority = critical_paths(graph, expected_seconds)
+        free, running, done, started = actors[:len(graph)], {}, set(), set()
         while len(done) < len(graph):
             for name in ready_units(graph, done, started, priority)[:len(free)]:
                 node, actor = graph[name], free.pop()

@@ -101,9 +101,9 @@ def _prompt_pass(model, inputs: dict, cache_arg: str, cache, last_only: dict):
 
     Only the last position's output is used, so the last decoder layer needs nothing but
     its keys and values for the other positions (`personal.models.last_layer`). Where that
-    layer is a Llama one, the pass
-    runs as (1) every position but the last, the last layer computing only keys and values,
-    then (2) the last position through all layers, as a decoding step. On the 2-layer
+    layer is a Llama one, the pass runs as (1) every position but the last, the last layer
+    computing only keys and values, then (2) the last position through all layers, as a
+    decoding step. On the 2-layer
     built-in base that skips ~40% of the prompt pass (queries, attention, output projection
     and MLP of half the layers). Elsewhere: one plain pass."""
     from personal.models.last_layer import keys_and_values_only, last_llama_layer
