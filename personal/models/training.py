@@ -87,9 +87,9 @@ def target_losses(model: torch.nn.Module, inputs: dict, sel: torch.Tensor,
     `linear_cross_entropy`, which never holds all their logits (a packed session has targets
     spread over the whole row, so keeping the last columns would save nothing), on the
     devices of `FUSED_CE_DEVICES`; so does a Llama model's last decoder layer, apart from
-    its keys and values (`last_layer.target_hidden`). Elsewhere, and for models whose head is more than one
-    linear map (logit soft-capping, an adapted head), the full path: all logits, then
-    `F.cross_entropy`."""
+    its keys and values (`last_layer.target_hidden`). Elsewhere, and for models whose head
+    is more than one linear map (logit soft-capping, an adapted head), the full path: all
+    logits, then `F.cross_entropy`."""
     inner = unwrapped(model)
     decoder, head = getattr(inner, "model", None), inner.get_output_embeddings()
     if decoder is None or type(head) is not torch.nn.Linear or \
