@@ -42,7 +42,7 @@ def padding(datasets, plans, steps, micro_batch_rows=64):
 def timed_training(ctx, datasets, steps):
     from dataclasses import replace
 
-    from personal.distributed.fleet import FleetSpec, fleet_model
+    from personal.strategies.fleet import FleetSpec, fleet_model
     from personal.engine import train_stacked
 
     model = fleet_model(ctx, len(datasets), list(range(len(datasets))), FleetSpec())

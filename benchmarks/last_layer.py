@@ -73,7 +73,7 @@ def prompt_pass(ctx, rows: int, reps: int) -> dict:
 def fleet_step(ctx, adapters: int, reps: int) -> dict:
     import torch
 
-    from personal.distributed.fleet import fleet_model
+    from personal.strategies.fleet import fleet_model
     from personal.engine.sampler import collate
     from personal.engine.train import _row_losses
     from personal.models import last_layer

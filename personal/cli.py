@@ -302,20 +302,21 @@ def run_main(plan: str = typer.Option("phase1", "--plan", help="Which strategies
              config: Optional[Path] = CONFIG_OPT, overrides: List[str] = OVERRIDES_ARG,
              quiet: bool = QUIET_OPT) -> None:
     """The main job: data, base model, every strategy of the plan, evaluation, report."""
-    from personal.experiment.pipeline import PLANS, run_plan
+    from personal.experiment.pipeline import plans, run_plan
 
-    if plan not in PLANS:
-        raise PersonalError(f"unknown plan {plan!r} (known: {', '.join(PLANS)})")
+    known = plans()
+    if plan not in known:
+        raise PersonalError(f"unknown plan {plan!r} (known: {', '.join(known)})")
     _logging(quiet)
     t0 = time.perf_counter()
     cfg = _config(config, overrides, data)
     if address or ray:
         from personal.distributed.executor import run_experiment
 
-        path = run_experiment(cfg, run, PLANS[plan], address=address,
+        path = run_experiment(cfg, run, known[plan], address=address,
                               temp_dir=_ray_temp(run) if not address else None)
     else:
-        path = run_plan(cfg, run, PLANS[plan])
+        path = run_plan(cfg, run, known[plan])
     typer.echo(path.read_text(encoding="utf-8"))
     typer.echo(f"report: {path} ({time.perf_counter() - t0:.0f}s)")
 

@@ -16,7 +16,7 @@ from personal.distributed import lanes
 from personal.distributed.lanes import Node, critical_paths, plan_graph, ready_units
 from personal.errors import PersonalError
 from personal.experiment.context import Context
-from personal.experiment.pipeline import PLANS, strategy_units
+from personal.experiment.pipeline import plans, strategy_units
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def phase1_graph(tmp_path_factory):
         f"data.path={root}/eval", f"data.background_path={root}/bg", "data.users=3",
         "data.sessions=6", "data.background_users=4", f"model.cache_dir={root}/cache"])
     ctx = Context.create(cfg, root / "run")
-    return ctx, plan_graph(ctx, PLANS["phase1"], strategy_units)
+    return ctx, plan_graph(ctx, plans()["phase1"], strategy_units)
 
 
 def test_phase1_graph_orders_what_must_wait_and_frees_the_rest(phase1_graph):
@@ -50,9 +50,9 @@ def test_phase1_graph_orders_what_must_wait_and_frees_the_rest(phase1_graph):
     assert {"selective/decide", "eval/unified_lora", "eval/hybrid_lora"} <= g["eval/selective"]
     assert "eval/per_user_lora" not in g["eval/selective"]
     # every unit of every strategy once, the evaluations, base and noise ceiling: no more
-    units = {u.name for s in PLANS["phase1"] for st in strategy_units(ctx, s) for u in st}
+    units = {u.name for s in plans()["phase1"] for st in strategy_units(ctx, s) for u in st}
     assert set(graph) == {base, "eval/noise_ceiling"} | units | {
-        f"eval/{s}" for s in PLANS["phase1"]}
+        f"eval/{s}" for s in plans()["phase1"]}
     assert graph[unified].strategy == "unified_lora" and graph["eval/selective"].kind == "eval"
 
 

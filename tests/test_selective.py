@@ -16,6 +16,7 @@ from personal.errors import PersonalError
 from personal.experiment.context import Context
 from personal.strategies import hybrid, selective, unified
 from personal.strategies.selective import DECISIONS, META, SelectiveConfig
+from personal.strategies.registry import STRATEGIES
 
 WRONG = "The museum opens at nine and the tickets are sold at the door."
 
@@ -33,13 +34,15 @@ def ctx(world, tmp_path):
 
 
 def fake(monkeypatch, module, tag, answer, seen):
-    """Replace `module.predictor`: it answers `answer(e)` and records what it was asked."""
+    """Replace the predictor `module` registered: it answers `answer(e)` and records what it
+    was asked."""
     def make(ctx, scfg):
         def predict(examples):
             seen.append((tag, list(examples)))
             return [answer(e) for e in examples]
         return predict
-    monkeypatch.setattr(module, "predictor", make)
+    spec = next(s for s in STRATEGIES.values() if s.module == module.__name__)
+    monkeypatch.setattr(spec, "predictor", make)
 
 
 def decided_users(ctx):

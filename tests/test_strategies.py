@@ -1,9 +1,12 @@
 """The shared strategy matrix: every registered strategy, on 3 tiny users for a few steps.
 
 For each one: training changed something (every adapter it wrote moves the base model's
-logits), save -> load -> predict is identical (a fresh context reads the run from disk), and
-the same seed gives the same adapters and the same predictions. A new strategy is picked up
-by registering it; `OPTIONS` holds the few settings a 3-user world needs."""
+logits), save -> load -> predict is identical (a fresh context reads the run from disk), the
+same seed gives the same adapters and the same predictions, and serving: a servable
+strategy's served answers (its registered route table through the Serve app's generator
+core) equal its offline predictions; any other is refused with its registered reason. A new
+strategy is picked up by registering it (`toy_strategy`, a module outside the package, is
+one); `OPTIONS` holds the few settings a 3-user world needs."""
 import copy
 import dataclasses
 
@@ -14,10 +17,11 @@ from safetensors.torch import load_file
 from personal.distributed.smoke import smoke_config
 from personal.experiment.context import Context
 from personal.experiment.pipeline import train_strategy
-from personal.strategies.registry import STRATEGIES, _import_builtin, get_strategy, strategy_config
+from personal.strategies.registry import all_strategies, get_strategy, strategy_config
 
-_import_builtin()
-NAMES = sorted(STRATEGIES)
+import toy_strategy  # noqa: F401,E402  (a strategy registered from outside the package)
+
+NAMES = sorted(s.name for s in all_strategies())
 #: Settings a 3-user, few-step world needs (cluster counts below the number of users, ...).
 #: The random smoke base answers "" everywhere, so strategies whose own schedules count few
 #: epochs get enough steps here to say something (else the comparisons compare nothing).
@@ -43,6 +47,20 @@ def trained(cfg, path, name):
     ctx = Context.create(cfg, path)
     train_strategy(ctx, name)
     return ctx
+
+
+@pytest.fixture(scope="module")
+def once(cfg, tmp_path_factory):
+    """name -> a context whose run trained that strategy (trained on first use, then shared
+    by the tests that only read it)."""
+    runs = {}
+
+    def get(name):
+        if name not in runs:
+            runs[name] = trained(cfg, tmp_path_factory.mktemp(name), name)
+        return runs[name]
+
+    return get
 
 
 def adapter_folders(run):
@@ -74,11 +92,11 @@ def logits_of(model, ctx, example):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_training_changes_the_model(cfg, tmp_path, name):
+def test_training_changes_the_model(cfg, once, name):
     from personal.engine import inject_from_peft
 
     spec = get_strategy(name)
-    ctx = trained(cfg, tmp_path / "run", name)
+    ctx = once(name)
     stages = spec.stages(ctx, strategy_config(spec, cfg.strategy.get(name)))
     folders = adapter_folders(ctx.run.path)
     if not any(stages):
@@ -94,8 +112,8 @@ def test_training_changes_the_model(cfg, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_save_load_predict_is_identical_and_seeded(cfg, tmp_path, name):
-    first = trained(cfg, tmp_path / "a", name)
+def test_save_load_predict_is_identical_and_seeded(cfg, once, tmp_path, name):
+    first = once(name)
     examples = some_examples(first)
     before = predict(first, name, examples)
     assert len(before) == len(examples) and all(isinstance(t, str) for t in before)
@@ -104,7 +122,7 @@ def test_save_load_predict_is_identical_and_seeded(cfg, tmp_path, name):
         # the random smoke base answers "" everywhere; a trained strategy must not, or the
         # comparisons below would compare nothing
         assert any(before), f"{name} generates only empty texts"
-    reloaded = Context.create(cfg, tmp_path / "a")  # nothing in memory: read from disk
+    reloaded = Context.create(cfg, first.run.path)  # nothing in memory: read from disk
     assert predict(reloaded, name, examples) == before
 
     again = trained(cfg, tmp_path / "b", name)  # same config, same seed, fresh run
@@ -115,6 +133,28 @@ def test_save_load_predict_is_identical_and_seeded(cfg, tmp_path, name):
         wb = load_file(str(fb / "adapter_model.safetensors"))
         assert all(torch.equal(wa[k], wb[k]) for k in wa), fa
     assert predict(again, name, examples) == before
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_served_answers_equal_offline_predictions_or_serving_is_refused(once, name):
+    from personal.distributed.runtime import config_payload
+    from personal.distributed.serve import AdapterGenerator
+    from personal.errors import PersonalError
+    from personal.serving.routing import AssistRequest, ServeConfig, route_table
+
+    spec, ctx = get_strategy(name), once(name)
+    if not spec.serving.servable:
+        with pytest.raises(PersonalError, match="cannot be served") as err:
+            route_table(ctx, name)
+        assert spec.serving.reason in str(err.value)
+        return
+    examples = ctx.examples("test")
+    table = route_table(ctx, name)
+    core = AdapterGenerator(config_payload(ctx.cfg), ctx.run.path, table.folders(),
+                            ServeConfig(max_loaded_adapters=2))
+    requests = [AssistRequest(e.persona_id, e.meta, tuple(e.history)) for e in examples]
+    served = core.answer(requests, [table.route(e.persona_id) for e in examples])
+    assert [r["text"] for r in served] == predict(ctx, name, examples)
 
 
 def test_routed_generation_equals_peft_generation_of_the_same_adapter(cfg, tmp_path):

@@ -11,51 +11,55 @@ the same whichever executor made it.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
 from personal.config import Config
-from personal.strategies.registry import Unit
+from personal.errors import PersonalError
+from personal.experiment.pipeline import evaluate_strategy, execute_plan, train_strategy
+from personal.experiment.units import strategy_units
+from personal.strategies.registry import Unit, all_strategies
 
 log = logging.getLogger("personal")
 
 
-def _ray_unified(ctx) -> Callable[[], dict]:
-    """Data-parallel TorchTrainer; DeepSpeed ZeRO when `ray.deepspeed` names a config."""
-    from personal.distributed.deepspeed import train_unified_deepspeed_on_ray, uses_deepspeed
-    from personal.distributed.unified import train_unified_on_ray
+def ray_form(target: str) -> Callable:
+    """The function named by a strategy's `ray_forms` entry ("module:function")."""
+    module, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise PersonalError(f"Ray form {target!r} cannot be loaded: {err}") from None
 
-    if uses_deepspeed(ctx.cfg):
-        return lambda: train_unified_deepspeed_on_ray(ctx)
-    return lambda: train_unified_on_ray(ctx)
 
-
-#: Units with a Ray form: unit name -> (ctx -> work function).
-RAY_UNITS: dict[str, Callable] = {"train/unified_lora": _ray_unified}
+def ray_units(ctx) -> dict[str, Callable]:
+    """Unit name -> (ctx -> work function), from every registered strategy's `ray_forms`."""
+    return {unit: ray_form(target) for spec in all_strategies()
+            for unit, target in spec.ray_forms.items()}
 
 
 def ray_stages(ctx, name: str) -> list[list[Unit]]:
-    """The strategy's stages, units with a Ray form swapped in (same names and inputs)."""
-    from personal.experiment.pipeline import strategy_units
+    """The strategy's stages, units with a Ray form swapped in (same names and inputs); the
+    context's fleets go to Ray Train too (`Context.fleet_backend`)."""
+    from personal.distributed.fleet import ray_backend
 
+    ctx.fleet_backend = ray_backend
+    forms = ray_units(ctx)
     stages = strategy_units(ctx, name)
-    return [[Unit(u.name, u.inputs, RAY_UNITS[u.name](ctx), u.outputs)
-             if u.name in RAY_UNITS else u for u in stage] for stage in stages]
+    return [[Unit(u.name, u.inputs, forms[u.name](ctx), u.outputs, u.needs_base)
+             if u.name in forms else u for u in stage] for stage in stages]
 
 
 def train_strategy_on_ray(ctx, name: str) -> str:
     """`pipeline.train_strategy` on Ray; returns the same hash of all unit inputs."""
-    from personal.experiment.pipeline import train_strategy
-
     return train_strategy(ctx, name, stages_fn=ray_stages)
 
 
 def train_and_evaluate(ctx, name: str, use_ray: bool) -> dict:
     """Train one strategy (on Ray or locally) and evaluate it on `cfg.eval.split`."""
-    from personal.experiment.pipeline import evaluate_strategy, train_strategy
-
     trained = train_strategy_on_ray(ctx, name) if use_ray else train_strategy(ctx, name)
     return evaluate_strategy(ctx, name, trained)
 
@@ -68,7 +72,6 @@ def run_experiment(cfg: Config, run_path: str | Path, strategies: list[str], *,
     (`num_cpus`, temp files in `temp_dir` or a fresh temp folder). Returns the report path."""
     from personal.distributed.runtime import absolute_config, ray_runtime
     from personal.experiment.context import Context
-    from personal.experiment.pipeline import execute_plan
 
     cfg = absolute_config(cfg)
     ctx = Context.create(cfg, run_path)

@@ -32,10 +32,12 @@ from ray import serve
 
 from personal import __version__
 from personal.errors import PersonalError
-from personal.serving.routing import (SERVABLE, AdapterSlots, AssistRequest, RequestError, Route,
+from personal.experiment.pipeline import strategy_units, trained_strategies
+from personal.serving.routing import (AdapterSlots, AssistRequest, RequestError, Route,
                                       RouteTable, ServeConfig, batch_groups, check_host,
-                                      parse_request, request_example, request_schema,
-                                      route_table)
+                                      check_servable, parse_request, request_example,
+                                      request_schema, route_table)
+from personal.strategies.registry import servable_strategies
 
 APP_NAME = "personal"
 
@@ -273,20 +275,18 @@ def run_config(run_path: Path, overrides: Sequence[str] = ()):
     return load_config(run_path / "config.yaml", list(overrides))
 
 
-def served_strategy(run_path: Path, name: Optional[str]) -> str:
-    """`name` (trained in the run, or base), else the one servable strategy the run trained."""
-    from personal.experiment.pipeline import trained_strategies
-
+def served_strategy(ctx, name: Optional[str]) -> str:
+    """`name` (servable, and trained in the run unless it trains nothing), else the one
+    servable strategy the run trained."""
+    run_path = ctx.run.path
     trained = trained_strategies(run_path)
     if name is not None:
-        if name not in SERVABLE:
-            raise PersonalError(f"strategy {name!r} cannot be served (servable: "
-                                f"{', '.join(SERVABLE)})")
-        if name != "base" and name not in trained:
+        check_servable(name)
+        if name not in trained and any(strategy_units(ctx, name)):
             raise PersonalError(f"{run_path}: strategy {name} was not trained here (trained: "
                                 f"{', '.join(trained) or 'none'})")
         return name
-    servable = [s for s in trained if s in SERVABLE]
+    servable = [s for s in trained if s in servable_strategies()]
     if len(servable) != 1:
         raise PersonalError(f"{run_path}: {len(servable)} servable strategies trained "
                             f"({', '.join(servable) or 'none'}): choose one with --strategy")
@@ -303,7 +303,7 @@ def build_app(run_path: str | Path, scfg: ServeConfig, overrides: Sequence[str] 
     cfg = run_config(run, overrides)
     payload = config_payload(cfg)
     ctx = worker_context(payload, run)
-    strategy = served_strategy(run, scfg.strategy)
+    strategy = served_strategy(ctx, scfg.strategy)
     table = route_table(ctx, strategy)
     scfg = dataclasses.replace(scfg, strategy=strategy)
     gpus = 1.0 if cfg.model.device.startswith("cuda") else 0.0

@@ -310,3 +310,13 @@ def train_unified_on_ray(ctx, max_failures: int = 2) -> dict:
         raise PersonalError(f"unified_lora on Ray failed: {result.error}")
     record = json.loads((run / "ray" / "unified_lora_record.json").read_text(encoding="utf-8"))
     return record
+
+
+def ray_form(ctx) -> Callable[[], dict]:
+    """The Ray form of the `train/unified_lora` unit (the unified strategy's `ray_forms`):
+    data-parallel Ray Train, or DeepSpeed ZeRO when `ray.deepspeed` names a config."""
+    from personal.distributed.deepspeed import train_unified_deepspeed_on_ray, uses_deepspeed
+
+    if uses_deepspeed(ctx.cfg):
+        return lambda: train_unified_deepspeed_on_ray(ctx)
+    return lambda: train_unified_on_ray(ctx)

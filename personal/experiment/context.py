@@ -11,12 +11,13 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from personal.config import Config
 from personal.data.schema import Dataset, Example, Splits
 from personal.errors import PersonalError
 from personal.experiment.runs import Run, files_fingerprint
+from personal.experiment.units import recorded_predictions
 
 log = logging.getLogger("personal")
 
@@ -77,6 +78,9 @@ class Context:
     """May `base` pretrain the built-in base when it is not cached? A lane of the concurrent
     executor turns this off outside `base/prepare`, so a unit that reaches for the base
     before it is ready fails loudly instead of pretraining a second copy."""
+    fleet_backend: Optional[Callable] = None
+    """Where fleets of adapters train: None in this process; the Ray executor sets Ray
+    Train's (`personal.distributed.fleet.ray_backend`), so strategies never import Ray."""
 
     @classmethod
     def create(cls, cfg: Config, run_path: str | Path) -> "Context":
@@ -147,6 +151,11 @@ class Context:
         from personal.models.chat import PromptFormat
 
         return PromptFormat.from_config(self.cfg, self.characters(), extra_context)
+
+    def recorded_predictions(self, name: str, examples: list[Example]) -> Optional[list[str]]:
+        """Strategy `name`'s predictions for `examples` from its finished evaluation in this
+        run, when they are current (`experiment.units.recorded_predictions`); else None."""
+        return recorded_predictions(self, name, examples)
 
     @property
     def progress(self) -> bool:

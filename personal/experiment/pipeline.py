@@ -6,7 +6,6 @@ finished with unchanged inputs. The Ray executor fans the same units out.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import time
@@ -16,21 +15,17 @@ from typing import Optional
 from personal.config import Config, to_dict
 from personal.experiment.context import Context
 from personal.experiment.runs import Run, stable_hash
-from personal.strategies.registry import Unit, get_strategy, strategy_config
+from personal.experiment.units import (eval_inputs, prompt_hash,  # noqa: F401  (re-exported)
+                                       recorded_predictions, strategy_units, trained_hash)
+from personal.strategies.registry import get_strategy, strategy_config
+from personal.strategies.registry import plans as registry_plans
 
 log = logging.getLogger("personal")
 
-PLANS = {
-    "phase1": ["base", "unified_lora", "per_user_lora", "hybrid_lora", "prefix_per_user",
-               "cluster_lora", "retrieval", "retrieval_trained", "selective"],
-    "baseline": ["base", "unified_lora"],
-}
-"""Named lists of strategies for `personal run --plan`; phase1 is the study's table."""
-
-
-def strategy_units(ctx: Context, name: str) -> list[list[Unit]]:
-    spec = get_strategy(name)
-    return spec.stages(ctx, strategy_config(spec, ctx.cfg.strategy.get(name)))
+def plans() -> dict[str, list[str]]:
+    """Named lists of strategies for `personal run --plan`, from what each registered
+    strategy declared (phase1 is the study's table; baseline: base and unified)."""
+    return registry_plans()
 
 
 def train_strategy(ctx: Context, name: str, stages_fn=strategy_units) -> str:
@@ -56,43 +51,6 @@ def record_strategies(ctx: Context, names: list[str]) -> None:
 def trained_strategies(run_path: str | Path) -> list[str]:
     """Strategies `personal train` has run in this run directory, in order."""
     return Run(Path(run_path)).read_json("strategies.json") or []
-
-
-def trained_hash(ctx: Context, name: str, stages_fn=strategy_units) -> str:
-    """The hash `train_strategy` returns for `name`, without running anything."""
-    return stable_hash(name, [u.inputs for stage in stages_fn(ctx, name) for u in stage])
-
-
-def eval_inputs(ctx: Context, trained: str) -> str:
-    """Inputs hash of a strategy's evaluation: what it was trained from, data, eval and
-    generation settings, evaluated users."""
-    return stable_hash(trained, ctx.fingerprint, to_dict(ctx.cfg)["eval"],
-                       to_dict(ctx.cfg)["generation"], ctx.eval_personas())
-
-
-def recorded_predictions(ctx: Context, name: str, examples) -> Optional[list[str]]:
-    """The run's own predictions of strategy `name` for `examples`, when its evaluation
-    finished with the inputs it would have now (same adapters, data and generation settings)
-    and holds every example with the same prompt; else None. Greedy decoding is
-    deterministic, so a strategy that routes users to `name` can take these instead of
-    generating the same turns again."""
-    if not ctx.run.unit_done(f"eval/{name}", eval_inputs(ctx, trained_hash(ctx, name))):
-        return None
-    path = ctx.run.path / "predictions" / f"{name}.jsonl"
-    if not path.is_file():
-        return None
-    recorded = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            recorded[(r["persona_id"], r["session_id"], r["turn_index"])] = r
-    out = []
-    for e in examples:
-        r = recorded.get((e.persona_id, e.session_id, e.turn_index))
-        if r is None or r["prompt_hash"] != prompt_hash(e):
-            return None
-        out.append(r["prediction"])
-    return out
 
 
 def evaluate_strategy(ctx: Context, name: str, trained: str) -> dict:
@@ -143,13 +101,6 @@ def evaluate_noise_ceiling(ctx: Context) -> dict:
         return ceiling
 
     return ctx.run.run_unit("eval/noise_ceiling", inputs, work, [])
-
-
-def prompt_hash(example) -> str:
-    """Hash of everything the prompt is built from (context, history), per example."""
-    blob = json.dumps({"meta": example.meta, "history": [(m.role, m.text) for m in example.history]},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def write_evaluation(ctx: Context, name: str, examples, predictions, gen_seconds: float) -> dict:

@@ -4,7 +4,7 @@
     run.progress = progress            # Run.run_unit reports every unit's start and end
 
 The ETA adds the expected seconds of the units still to run. Expected seconds come from
-`EXPECTED_SECONDS`, measured for the default 200-user job on a 2-core CPU machine, scaled
+`expected_table()` (the strategies' registered seconds), measured for the default 200-user job on a 2-core CPU machine, scaled
 by how fast this machine has been on the units finished so far (so a GPU or a smaller job
 corrects the estimate after its first units). Units skipped on resume count zero.
 """
@@ -14,38 +14,35 @@ import logging
 import time
 from typing import Optional, Sequence
 
+from personal.strategies.registry import expected_seconds_table
+
 log = logging.getLogger("personal")
 
-#: Seconds of each kind of unit for the default job on 2 CPU cores, each unit in one of the
-#: two single-thread lanes of the Ray executor (README: measured). Keys are unit-name
-#: prefixes; the longest matching prefix wins.
-EXPECTED_SECONDS: dict[str, float] = {
+#: Seconds of the units no one strategy owns, for the default job on 2 CPU cores, each unit in
+#: one of the two single-thread lanes of the Ray executor (README: measured). Keys are
+#: unit-name prefixes; the longest matching prefix wins. Each strategy registers the
+#: seconds of its own units (`register_strategy(expected_seconds=...)`), merged in here.
+GENERIC_SECONDS: dict[str, float] = {
     "base/prepare": 390.0,          # pretraining the built-in base when it is not cached
     "eval/noise_ceiling": 75.0,     # the references are often embedded by then
     "eval/": 85.0,                  # generating and scoring every test turn
-    "eval/unified_lora": 165.0,     # usually the first evaluation: embeds the references
-    "eval/retrieval": 265.0,        # longer prompts, plus embedding every test query
-    "eval/retrieval_trained": 150.0,   # the queries are embedded by then
-    "eval/selective": 5.0,          # takes its strategies' recorded predictions
-    "train/unified_lora": 255.0,
-    "train/per_user_lora": 345.0,
-    "train/hybrid_lora": 190.0,
-    "train/prefix_per_user": 320.0,   # 400 before its all-zero LoRA stack was skipped
-    "train/cluster_lora": 240.0,
-    "train/retrieval_trained": 290.0,
     "train/": 300.0,
-    "assign/": 70.0,                # user features + MiniLM, clustering
-    "retrieval/index": 430.0,       # MiniLM over every training turn
-    "retrieval_trained/index": 1.0,    # the same index file
+    "assign/": 70.0,
     "selective/": 75.0,
 }
 DEFAULT_SECONDS = 60.0
 
 
-def expected_seconds(unit: str) -> float:
+def expected_table() -> dict[str, float]:
+    """Unit-name prefix -> expected seconds: the generic entries and every strategy's."""
+    return {**GENERIC_SECONDS, **expected_seconds_table()}
+
+
+def expected_seconds(unit: str, table: Optional[dict[str, float]] = None) -> float:
     """The expected seconds of `unit` on the reference machine."""
-    best = max((p for p in EXPECTED_SECONDS if unit.startswith(p)), key=len, default=None)
-    return EXPECTED_SECONDS[best] if best else DEFAULT_SECONDS
+    table = expected_table() if table is None else table
+    best = max((p for p in table if unit.startswith(p)), key=len, default=None)
+    return table[best] if best else DEFAULT_SECONDS
 
 
 def format_seconds(s: float) -> str:
@@ -66,6 +63,7 @@ class PlanProgress:
         self.start = time.perf_counter()
         self._measured = 0.0   # actual seconds of units that really ran (not base/prepare)
         self._expected = 0.0   # their expected seconds
+        self.table = expected_table()
 
     def speed(self) -> float:
         """Actual / expected seconds over units finished so far (1 until one finished)."""
@@ -75,7 +73,7 @@ class PlanProgress:
 
     def eta(self) -> float:
         left = [u for u in self.units if u not in self.finished]
-        return self.speed() * sum(expected_seconds(u) for u in left) / self.lanes
+        return self.speed() * sum(expected_seconds(u, self.table) for u in left) / self.lanes
 
     def line(self, unit: str) -> str:
         k = self.seen.index(unit) + 1 if unit in self.seen else len(self.seen) + 1
@@ -98,7 +96,7 @@ class PlanProgress:
             self.seen.append(unit)
         if not skipped and unit != "base/prepare":
             self._measured += seconds
-            self._expected += expected_seconds(unit)
+            self._expected += expected_seconds(unit, self.table)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

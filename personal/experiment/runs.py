@@ -14,7 +14,6 @@ changes the hash and re-runs it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -23,27 +22,13 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 from personal.config import Config, save_config, to_dict
+from personal.hashing import files_fingerprint, stable_hash  # noqa: F401  (re-exported)
 
 PACKAGES = ("torch", "transformers", "peft", "ray", "sentence-transformers", "scikit-learn",
             "scipy", "numpy", "faiss-cpu", "personal")
-
-
-def stable_hash(*parts: Any) -> str:
-    """A short hash of JSON-able parts (dict keys sorted), for cache keys and unit inputs."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def files_fingerprint(paths: Iterable[Path]) -> str:
-    """Hash of the bytes of the given files (missing files hash as absent)."""
-    h = hashlib.sha256()
-    for p in sorted(Path(x) for x in paths):
-        h.update(str(p.name).encode())
-        h.update(p.read_bytes() if p.is_file() else b"<absent>")
-    return h.hexdigest()[:16]
 
 
 def git_revision(cwd: Optional[Path] = None) -> str:
@@ -108,7 +93,7 @@ class Run:
     # --- units -----------------------------------------------------------------------------
     def unit_done(self, unit: str, inputs_hash: str) -> bool:
         """True when `unit` finished with the same inputs and its outputs still exist."""
-        record = self.read_json(f"units/{_safe(unit)}.json")
+        record = self.read_json(unit_record(unit))
         if not record or record.get("inputs") != inputs_hash:
             return False
         return all((self.path / o).exists() for o in record.get("outputs", []))
@@ -121,7 +106,7 @@ class Run:
             log.info("skip %s (finished, inputs unchanged)", unit)
             if self.progress is not None:
                 self.progress.end(unit, 0.0, skipped=True)
-            return self.read_json(f"units/{_safe(unit)}.json")["result"]
+            return self.read_json(unit_record(unit))["result"]
         if self.progress is not None:
             self.progress.begin(unit)
         else:
@@ -131,11 +116,22 @@ class Run:
         seconds = time.perf_counter() - t0
         if self.progress is not None:
             self.progress.end(unit, seconds, skipped=False)
-        self.write_json(f"units/{_safe(unit)}.json", {
-            "unit": unit, "inputs": inputs_hash, "outputs": outputs, "seconds": seconds,
-            "result": result, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self.record_unit(unit, inputs_hash, outputs, seconds, result)
         log.info("done %s in %.1fs", unit, seconds)
         return result
+
+    def record_unit(self, unit: str, inputs_hash: str, outputs: list[str], seconds: float,
+                    result: dict) -> None:
+        """Write the record that marks `unit` finished (what `unit_done` checks); for work
+        that finishes piece by piece inside one unit, e.g. each adapter of a fleet."""
+        self.write_json(unit_record(unit), {
+            "unit": unit, "inputs": inputs_hash, "outputs": outputs, "seconds": seconds,
+            "result": result, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def unit_result(self, unit: str) -> Optional[dict]:
+        """The result of a finished unit's record (None: no record)."""
+        record = self.read_json(unit_record(unit))
+        return None if record is None else record["result"]
 
     def unit_seconds(self) -> dict[str, float]:
         """Wall time of every finished unit (for the report and the issue notes)."""
@@ -148,6 +144,11 @@ class Run:
 
 def _safe(unit: str) -> str:
     return unit.replace("/", "__")
+
+
+def unit_record(unit: str) -> str:
+    """The run-relative path of a unit's record."""
+    return f"units/{_safe(unit)}.json"
 
 
 def console_log(quiet: bool) -> None:

@@ -2,8 +2,9 @@
 what a valid request is.
 
 - The route table maps a user id to a `Route` (run-relative adapter folders and weights; none:
-  the base model) by the run's strategy, exactly as its offline predictor routes the user's
-  turns. A user id is only ever a key of that table, never part of a path: `../../etc` is an
+  the base model) by the run's strategy, through the serving form it registered
+  (`personal.strategies.routes`), exactly as its offline predictor routes the user's turns.
+  A user id is only ever a key of that table, never part of a path: `../../etc` is an
   unknown user and gets the fallback (the unified adapter when the run has it, else the base).
 - `AdapterSlots` keeps a bounded set of adapters loaded in the generator's stack, evicting the
   least recently used one a batch does not need.
@@ -18,16 +19,15 @@ import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from personal.data.schema import META_FIELDS, ROLES, Example, Message
 from personal.errors import PersonalError
+from personal.strategies.registry import get_strategy, servable_strategies, strategy_config
+from personal.strategies.routes import (BASE, CONFIG_FILE, UNIFIED, Route,  # noqa: F401
+                                        RouteTable)
 
-#: Strategies one app can serve (retrieval needs its index at serving time: not yet).
-SERVABLE = ("base", "unified_lora", "per_user_lora", "hybrid_lora", "prefix_per_user",
-            "cluster_lora", "selective")
-UNIFIED = "adapters/unified_lora"
-CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+WEIGHTS_FILE = "adapter_model.safetensors"
 PROMPTS_FILE = "personal_prompts.safetensors"
 
 
@@ -72,9 +72,8 @@ class ServeConfig:
         if self.batch_wait_timeout_s < 0 or self.generator_cpus < 0:
             raise PersonalError("serve.batch_wait_timeout_s and serve.generator_cpus must be "
                                 ">= 0")
-        if self.strategy is not None and self.strategy not in SERVABLE:
-            raise PersonalError(f"strategy {self.strategy!r} cannot be served (servable: "
-                                f"{', '.join(SERVABLE)})")
+        if self.strategy is not None:
+            check_servable(self.strategy)
 
 
 def serve_config(**given) -> ServeConfig:
@@ -84,63 +83,6 @@ def serve_config(**given) -> ServeConfig:
 
 
 # --- Routes ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Route:
-    """The adapters answering a user: (run-relative folder, weight) pairs; none: the base."""
-
-    adapters: tuple[tuple[str, float], ...] = ()
-
-    @classmethod
-    def one(cls, folder: str) -> "Route":
-        return cls(((folder, 1.0),))
-
-    @property
-    def folders(self) -> list[str]:
-        return [f for f, _ in self.adapters]
-
-    @property
-    def is_mixture(self) -> bool:
-        return len(self.adapters) > 1 or any(w != 1.0 for _, w in self.adapters)
-
-    @property
-    def label(self) -> str:
-        """What the response names: `per_user_lora/persona_003`, `unified_lora`, `base`, or a
-        mixture `a*0.7+b*0.3`."""
-        if not self.adapters:
-            return "base"
-        names = [f.removeprefix("adapters/") for f in self.folders]
-        if not self.is_mixture:
-            return names[0]
-        return "+".join(f"{n}*{w:g}" for n, (_, w) in zip(names, self.adapters))
-
-
-BASE = Route()
-
-
-@dataclass
-class RouteTable:
-    """user id -> Route for the users the run knows; `fallback` for every other id."""
-
-    strategy: str
-    users: dict[str, Route]
-    fallback: Route
-    kind: str = "lora"
-    """What the stack holds: `lora`, `prompt` (soft prompts beside a zero LoRA) or `none`."""
-
-    def route(self, user_id: str) -> Route:
-        # A dict lookup and nothing else: the id never becomes part of a path.
-        return self.users.get(user_id, self.fallback)
-
-    def folders(self) -> list[str]:
-        """Every adapter folder a route names (run-relative, sorted)."""
-        routes = list(self.users.values()) + [self.fallback]
-        return sorted({f for r in routes for f in r.folders})
-
-    def summary(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "kind": self.kind, "users": len(self.users),
-                "adapters": len(self.folders()), "fallback": self.fallback.label}
-
 
 def adapter_kind(run_path: Path, folders: Sequence[str]) -> str:
     """`lora`, `prompt` or `none` for the folders; a PersonalError when one is missing (not
@@ -159,104 +101,20 @@ def adapter_kind(run_path: Path, folders: Sequence[str]) -> str:
     return kinds.pop()
 
 
-def known_users(ctx) -> list[str]:
-    return [p.persona_id for p in ctx.dataset.personas]
-
-
-def unknown_fallback(ctx) -> Route:
-    """For ids the run does not know: the unified adapter when the run has it, else base."""
-    return Route.one(UNIFIED) if (ctx.run.path / UNIFIED / CONFIG_FILE).is_file() else BASE
-
-
-def _own_or(ctx, folder: str, other: Route) -> dict[str, Route]:
-    """Each user with a trained group gets `folder/<user>`, the other known users `other`
-    (the same names the strategy's predictor stacks: its training groups)."""
-    from personal.strategies.common import user_groups
-
-    names = set(user_groups(ctx, "train"))
-    return {p: Route.one(f"{folder}/{p}") if p in names else other for p in known_users(ctx)}
-
-
-def _options(ctx, name: str):
-    from personal.strategies.registry import get_strategy, strategy_config
-
-    spec = get_strategy(name)
-    return strategy_config(spec, ctx.cfg.strategy.get(name))
-
-
-def _base(ctx) -> RouteTable:
-    return RouteTable("base", {}, BASE, "none")
-
-
-def _unified(ctx) -> RouteTable:
-    return RouteTable("unified_lora", {}, Route.one(UNIFIED))
-
-
-def _per_user(ctx) -> RouteTable:
-    from personal.strategies.per_user import FOLDER
-
-    other = Route.one(UNIFIED) if _options(ctx, "per_user_lora").fallback == "unified" else BASE
-    return RouteTable("per_user_lora", _own_or(ctx, FOLDER, other), unknown_fallback(ctx))
-
-
-def _hybrid(ctx) -> RouteTable:
-    from personal.strategies.hybrid import FOLDER
-
-    return RouteTable("hybrid_lora", _own_or(ctx, FOLDER, Route.one(UNIFIED)),
-                      Route.one(UNIFIED))
-
-
-def _prefix(ctx) -> RouteTable:
-    from personal.strategies.prefix import FOLDER
-
-    # Soft prompts and the unified LoRA have different key sets: users without a prefix get
-    # the base model, as offline.
-    return RouteTable("prefix_per_user", _own_or(ctx, FOLDER, BASE), BASE, "prompt")
-
-
-def _cluster(ctx) -> RouteTable:
-    """persona -> cluster adapter (or the user's delta) from clusters/cluster_lora.json."""
-    from personal.strategies import cluster
-    from personal.strategies.common import user_groups
-
-    scfg = _options(ctx, "cluster_lora")
-    record = cluster.read_assignment(ctx, scfg)
-    deltas = {c: sorted(user_groups(ctx, "train", members))
-              for c, members in record["clusters"].items()} if scfg.user_deltas else {}
-    folders, slot = cluster.routing_table(record, deltas)
-    users = {str(p): Route.one(folders[k]) for p, k in slot.items()}
-    return RouteTable("cluster_lora", users, unknown_fallback(ctx))
-
-
-def _selective(ctx) -> RouteTable:
-    """The unified adapter or the candidate's route, per the run's validation decisions."""
-    from personal.strategies import selective
-
-    scfg = _options(ctx, "selective")
-    selective.check_config(scfg)
-    if scfg.candidate not in BUILDERS or scfg.candidate == "prefix_per_user":
-        raise PersonalError(f"selective with candidate {scfg.candidate!r} cannot be served: "
-                            "one stack holds the unified LoRA and LoRA candidates only")
-    candidate = BUILDERS[scfg.candidate](ctx)
-    unified = Route.one(UNIFIED)
-    users = {p: unified if choice == selective.REFERENCE else candidate.route(p)
-             for p, choice in selective.load_routes(ctx).items()}
-    return RouteTable("selective", users, unified)
-
-
-BUILDERS: dict[str, Callable[[Any], RouteTable]] = {
-    "base": _base, "unified_lora": _unified, "per_user_lora": _per_user,
-    "hybrid_lora": _hybrid, "prefix_per_user": _prefix, "cluster_lora": _cluster,
-    "selective": _selective}
+def check_servable(strategy: str) -> None:
+    """A PersonalError when `strategy` is unknown or cannot be served, with its reason."""
+    spec = get_strategy(strategy)
+    if not spec.serving.servable:
+        raise PersonalError(f"strategy {strategy!r} cannot be served: {spec.serving.reason} "
+                            f"(servable: {', '.join(servable_strategies())})")
 
 
 def route_table(ctx, strategy: str) -> RouteTable:
-    """The route table of `strategy` in the run of `ctx`; checks that every adapter it names
-    was trained and that they are one kind."""
-    if strategy not in BUILDERS:
-        raise PersonalError(f"strategy {strategy!r} cannot be served (servable: "
-                            f"{', '.join(SERVABLE)})")
-    table = BUILDERS[strategy](ctx)
+    """The route table of `strategy` in the run of `ctx`, from its registered serving form;
+    checks that every adapter it names was trained and that they are one kind."""
+    check_servable(strategy)
+    spec = get_strategy(strategy)
+    table = spec.serving.routes(ctx, strategy_config(spec, ctx.cfg.strategy.get(strategy)))
     kind = adapter_kind(ctx.run.path, table.folders())
     if kind == "prompt" and any(r.is_mixture for r in table.users.values()):
         raise PersonalError(f"{strategy}: mixtures of soft-prompt adapters cannot be served")

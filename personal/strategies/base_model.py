@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from personal.strategies.registry import register_strategy
+from personal.models.generate import generate
+from personal.strategies.registry import register_strategy, servable
+from personal.strategies.routes import BASE, fixed_routes
 
 
 @dataclass
@@ -11,15 +13,18 @@ class BaseConfig:
     """The zero-shot base has no options."""
 
 
-@register_strategy("base", BaseConfig)
 def stages(ctx, scfg: BaseConfig) -> list:
     return []
 
 
 def predictor(ctx, scfg: BaseConfig):
-    from personal.models.generate import generate
-
     model, tokenizer = ctx.base
     fmt = ctx.prompt_format()
     return lambda examples: generate(model, tokenizer, examples, ctx.cfg.generation, fmt=fmt,
                                      progress=ctx.progress)
+
+
+register_strategy("base", config=BaseConfig, stages=stages, predictor=predictor,
+                  serving=servable(fixed_routes("base", BASE, "none")),
+                  plans=("phase1", "baseline"), position=0,
+                  expected_seconds={"eval/base": 70.0})

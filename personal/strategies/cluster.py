@@ -24,15 +24,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from personal.config import to_dict
 from personal.data.schema import Dataset, Splits
-from personal.distributed.fleet import FleetSpec, spec_dict
 from personal.errors import PersonalError
-from personal.experiment.runs import stable_hash
+from personal.hashing import stable_hash
 from personal.strategies import unified
 from personal.strategies.common import (fleet_schedule, fleet_unit, routed_predictor,
                                         schedule, user_groups)
-from personal.strategies.registry import Unit, register_strategy
+from personal.strategies.fleet import FleetSpec, spec_dict
+from personal.strategies.keys import training_inputs as unit_inputs
+from personal.strategies.registry import Unit, register_strategy, servable
+from personal.strategies.routes import Route, RouteTable, unknown_fallback
 
 NAME = "cluster_lora"
 FOLDER = "adapters/cluster_lora"
@@ -371,10 +372,7 @@ def read_assignment(ctx, scfg: ClusterConfig) -> dict:
 
 def training_inputs(ctx, name: str, spec: FleetSpec, upstream: Sequence[str]) -> str:
     """Inputs of a fleet whose groups come from the assignment (hashed in `upstream`)."""
-    d = to_dict(ctx.cfg)
-    return stable_hash(name, ctx.fingerprint, ctx.base_key, spec_dict(spec), list(upstream),
-                       d["lora"], d["train"], d["data"]["history_messages"],
-                       d["model"]["include_character"], d["model"]["max_seq_len"])
+    return unit_inputs(ctx, name, spec_dict(spec), list(upstream))
 
 
 def cluster_spec(ctx, scfg: ClusterConfig) -> FleetSpec:
@@ -424,11 +422,10 @@ def user_delta_unit(ctx, scfg: ClusterConfig, cluster_inputs: str) -> Unit:
     return Unit(name, inputs, work, [USERS_FOLDER])
 
 
-@register_strategy(NAME, ClusterConfig)
 def stages(ctx, scfg: ClusterConfig) -> list[list[Unit]]:
     check_config(scfg)
     assign = assign_unit(ctx, scfg)
-    first = [u for stage in unified.stages(ctx, unified.UnifiedConfig()) for u in stage] \
+    first = [u for stage in unified.unified_stages(ctx) for u in stage] \
         if scfg.init == "unified" else []
     fleet = cluster_fleet_unit(ctx, scfg, assign.inputs)
     out = [first + [assign], [fleet]]
@@ -473,3 +470,19 @@ def predictor(ctx, scfg: ClusterConfig):
         return slot[e.persona_id]
 
     return routed_predictor(ctx, [ctx.run.path / f for f in folders], route)
+
+
+def routes(ctx, scfg: ClusterConfig) -> RouteTable:
+    """persona -> cluster adapter (or the user's delta) from clusters/cluster_lora.json;
+    unknown ids the unified adapter when the run has it, else the base."""
+    record = read_assignment(ctx, scfg)
+    deltas = {c: sorted(user_groups(ctx, "train", members))
+              for c, members in record["clusters"].items()} if scfg.user_deltas else {}
+    folders, slot = routing_table(record, deltas)
+    users = {str(p): Route.one(folders[k]) for p, k in slot.items()}
+    return RouteTable(NAME, users, unknown_fallback(ctx))
+
+
+register_strategy(NAME, config=ClusterConfig, stages=stages, predictor=predictor,
+                  serving=servable(routes), plans=("phase1",), position=50,
+                  expected_seconds={"train/cluster_lora": 240.0, "assign/": 70.0})

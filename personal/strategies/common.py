@@ -14,9 +14,11 @@ from typing import Callable, Optional, Sequence
 
 from personal.config import TrainConfig
 from personal.data.schema import Example
-from personal.distributed.fleet import FleetSpec, spec_dict
+from personal.engine import generate_routed, inject_from_peft
 from personal.errors import PersonalError
-from personal.experiment.runs import stable_hash
+from personal.models.lora import spread_sample
+from personal.strategies.fleet import FleetSpec, per_user_groups, spec_dict, train_fleet
+from personal.strategies.keys import training_inputs
 from personal.strategies.registry import Unit
 
 
@@ -38,8 +40,6 @@ def fleet_schedule(ctx, scfg) -> TrainConfig:
 def user_groups(ctx, split: str, personas: Optional[Sequence[str]] = None
                 ) -> dict[str, list[Example]]:
     """One group of `split` examples per training user (users with none are left out)."""
-    from personal.distributed.fleet import per_user_groups
-
     return per_user_groups(ctx, personas, split=split)
 
 
@@ -48,8 +48,6 @@ def val_groups(ctx, limit: int, personas: Optional[Sequence[str]] = None
     """Each training user's validation turns for early stopping, at most `limit` of them
     evenly spread over their sessions (0: all): the check runs for every adapter each epoch,
     and all ~37 turns of 200 users cost about half a packed training epoch per check."""
-    from personal.models.lora import spread_sample
-
     return {u: spread_sample(exs, limit) for u, exs in user_groups(ctx, "val", personas).items()}
 
 
@@ -60,22 +58,14 @@ def fleet_unit(ctx, name: str, groups: dict[str, list[Example]],
     workers when the Ray executor runs; finished adapters are skipped inside the fleet too,
     so an interrupted fleet resumes adapter by adapter. `upstream`: input hashes of the
     units it builds on (e.g. the unified adapter it starts from)."""
-    from personal.config import to_dict
-
     keys = {n: [(e.persona_id, e.session_id, e.turn_index) for e in exs]
             for n, exs in sorted(groups.items())}
     vkeys = {n: [(e.persona_id, e.session_id, e.turn_index) for e in exs]
              for n, exs in sorted(vals.items())}
-    d = to_dict(ctx.cfg)
-    inputs = stable_hash(name, ctx.fingerprint, ctx.base_key, keys, vkeys, spec_dict(spec),
-                         list(upstream), d["lora"], d["train"], d["data"]["history_messages"],
-                         d["model"]["include_character"], d["model"]["max_seq_len"])
+    inputs = training_inputs(ctx, name, keys, vkeys, spec_dict(spec), list(upstream))
 
     def work() -> dict:
-        from personal.distributed.fleet import train_fleet
-
-        records = train_fleet(ctx, groups, vals, spec=spec)
-        return fleet_summary(records)
+        return fleet_summary(train_fleet(ctx, groups, vals, spec=spec))
 
     return Unit(name, inputs, work, [spec.folder])
 
@@ -95,8 +85,6 @@ def _mean(values) -> Optional[float]:
 
 def load_stack(ctx, folders: Sequence[Path]):
     """A copy of the base carrying the given peft folders as one stack (slot k = folders[k])."""
-    from personal.engine import inject_from_peft
-
     missing = [str(f) for f in folders if not (Path(f) / "adapter_config.json").is_file()]
     if missing:
         raise PersonalError(f"adapters not trained yet: {missing[:3]} "
@@ -108,8 +96,6 @@ def routed_predictor(ctx, folders: Sequence[Path], route: Callable[[Example], ob
                      fmt=None) -> Callable[[list[Example]], list[str]]:
     """predict(examples) -> texts, example e answered by slot `route(e)` of the stack made of
     `folders` (-1: the base model; a weight vector: a mixture)."""
-    from personal.engine import generate_routed
-
     model, tokenizer = load_stack(ctx, folders), ctx.base[1]
     fmt = fmt or ctx.prompt_format()
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from personal.distributed.fleet import FleetSpec
 from personal.strategies import unified
 from personal.strategies.common import (fleet_schedule, fleet_unit, per_user_route,
                                         routed_predictor, user_groups, val_groups)
-from personal.strategies.registry import register_strategy
+from personal.strategies.fleet import FleetSpec
+from personal.strategies.registry import register_strategy, servable
+from personal.strategies.routes import Route, RouteTable, own_or
 
 FOLDER = "adapters/hybrid_lora"
 
@@ -40,15 +41,26 @@ def spec(ctx, scfg: HybridConfig) -> FleetSpec:
                      train=fleet_schedule(ctx, scfg))
 
 
-@register_strategy("hybrid_lora", HybridConfig)
 def stages(ctx, scfg: HybridConfig) -> list:
     groups, vals = user_groups(ctx, "train"), val_groups(ctx, scfg.val_turns)
     fleet = fleet_unit(ctx, "train/hybrid_lora", groups, vals, spec(ctx, scfg),
                        upstream=[unified.training_inputs(ctx)])
-    return unified.stages(ctx, unified.UnifiedConfig()) + [[fleet]]
+    return unified.unified_stages(ctx) + [[fleet]]
 
 
 def predictor(ctx, scfg: HybridConfig):
     names = sorted(user_groups(ctx, "train"))
     folders = [ctx.run.path / FOLDER / n for n in names] + [ctx.run.path / unified.ADAPTER]
     return routed_predictor(ctx, folders, per_user_route(names, len(names)))
+
+
+def routes(ctx, scfg: HybridConfig) -> RouteTable:
+    """Each user with an adapter gets it; everybody else the unified adapter."""
+    unified_route = Route.one(unified.ADAPTER)
+    names = set(user_groups(ctx, "train"))
+    return RouteTable("hybrid_lora", own_or(ctx, FOLDER, unified_route, names), unified_route)
+
+
+register_strategy("hybrid_lora", config=HybridConfig, stages=stages, predictor=predictor,
+                  serving=servable(routes), plans=("phase1",), position=30,
+                  expected_seconds={"train/hybrid_lora": 190.0})

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from personal.distributed.fleet import FleetSpec
+from personal.errors import PersonalError
 from personal.strategies import unified
 from personal.strategies.common import (fleet_schedule, fleet_unit, per_user_route,
                                         routed_predictor, user_groups, val_groups)
-from personal.strategies.registry import register_strategy
+from personal.strategies.fleet import FleetSpec
+from personal.strategies.registry import register_strategy, servable
+from personal.strategies.routes import BASE, Route, RouteTable, own_or, unknown_fallback
 
 FOLDER = "adapters/per_user_lora"
 
@@ -38,9 +40,8 @@ class PerUserConfig:
 def fallback_stage(ctx, fallback: str) -> list[list]:
     """The unified adapter's stage when users without an adapter fall back to it."""
     if fallback not in ("unified", "base"):
-        from personal.errors import PersonalError
         raise PersonalError(f"strategy fallback must be 'unified' or 'base', got {fallback!r}")
-    return unified.stages(ctx, unified.UnifiedConfig()) if fallback == "unified" else []
+    return unified.unified_stages(ctx) if fallback == "unified" else []
 
 
 def fallback_folders(ctx, fallback: str) -> list:
@@ -51,7 +52,6 @@ def spec(ctx, scfg: PerUserConfig) -> FleetSpec:
     return FleetSpec(folder=FOLDER, train=fleet_schedule(ctx, scfg))
 
 
-@register_strategy("per_user_lora", PerUserConfig)
 def stages(ctx, scfg: PerUserConfig) -> list:
     groups, vals = user_groups(ctx, "train"), val_groups(ctx, scfg.val_turns)
     fleet = fleet_unit(ctx, "train/per_user_lora", groups, vals, spec(ctx, scfg))
@@ -63,3 +63,16 @@ def predictor(ctx, scfg: PerUserConfig):
     folders = [ctx.run.path / FOLDER / n for n in names] + fallback_folders(ctx, scfg.fallback)
     fallback = len(names) if scfg.fallback == "unified" else -1
     return routed_predictor(ctx, folders, per_user_route(names, fallback))
+
+
+def routes(ctx, scfg: PerUserConfig) -> RouteTable:
+    """Each user with an adapter gets it; other known users the fallback, unknown ids the
+    unified adapter when the run has it, else the base."""
+    other = Route.one(unified.ADAPTER) if scfg.fallback == "unified" else BASE
+    names = set(user_groups(ctx, "train"))
+    return RouteTable("per_user_lora", own_or(ctx, FOLDER, other, names), unknown_fallback(ctx))
+
+
+register_strategy("per_user_lora", config=PerUserConfig, stages=stages, predictor=predictor,
+                  serving=servable(routes), plans=("phase1",), position=20,
+                  expected_seconds={"train/per_user_lora": 345.0})

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from personal.distributed.fleet import FleetSpec
+from personal.errors import PersonalError
 from personal.strategies.common import (fleet_schedule, fleet_unit, per_user_route,
                                         routed_predictor, user_groups, val_groups)
-from personal.strategies.registry import register_strategy
+from personal.strategies.fleet import FleetSpec
+from personal.strategies.registry import register_strategy, servable
+from personal.strategies.routes import BASE, RouteTable, own_or
 
 FOLDER = "adapters/prefix_per_user"
 
@@ -35,14 +37,12 @@ class PrefixConfig:
 
 def spec(ctx, scfg: PrefixConfig) -> FleetSpec:
     if scfg.prefix_len < 1:
-        from personal.errors import PersonalError
         raise PersonalError(f"strategy.prefix_per_user.prefix_len must be >= 1, "
                             f"got {scfg.prefix_len}")
     return FleetSpec(folder=FOLDER, train_lora=False, prefix_len=scfg.prefix_len,
                      train=fleet_schedule(ctx, scfg))
 
 
-@register_strategy("prefix_per_user", PrefixConfig)
 def stages(ctx, scfg: PrefixConfig) -> list:
     groups, vals = user_groups(ctx, "train"), val_groups(ctx, scfg.val_turns)
     fleet = fleet_unit(ctx, "train/prefix_per_user", groups, vals, spec(ctx, scfg))
@@ -55,3 +55,15 @@ def predictor(ctx, scfg: PrefixConfig):
     names = sorted(user_groups(ctx, "train"))
     folders = [ctx.run.path / FOLDER / n for n in names]
     return routed_predictor(ctx, folders, per_user_route(names, -1))
+
+
+def routes(ctx, scfg: PrefixConfig) -> RouteTable:
+    """Soft prompts and the unified LoRA have different key sets: users without a prefix get
+    the base model, as offline."""
+    names = set(user_groups(ctx, "train"))
+    return RouteTable("prefix_per_user", own_or(ctx, FOLDER, BASE, names), BASE, "prompt")
+
+
+register_strategy("prefix_per_user", config=PrefixConfig, stages=stages, predictor=predictor,
+                  serving=servable(routes), plans=("phase1",), position=40,
+                  expected_seconds={"train/prefix_per_user": 320.0})

@@ -22,13 +22,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from personal.config import to_dict
 from personal.data.schema import Example
 from personal.errors import PersonalError
-from personal.experiment.runs import stable_hash
+from personal.hashing import stable_hash
 from personal.strategies import unified
 from personal.strategies.common import fleet_schedule
-from personal.strategies.registry import Unit, register_strategy
+from personal.strategies.keys import training_inputs as unit_inputs
+from personal.strategies.registry import Unit, not_servable, register_strategy
 from personal.strategies.retrieval_index import (FORMATS, METHODS, Retriever, RetrievalSettings,
                                                  build_memory, last_user_message, memory_texts,
                                                  query_text, split_rows)
@@ -228,29 +228,24 @@ def retrieval_format(ctx, retriever: Retriever):
 
 # --- The two strategies ---------------------------------------------------------------------
 
-@register_strategy("retrieval", RetrievalConfig)
 def stages(ctx, scfg: RetrievalConfig) -> list[list[Unit]]:
     check(scfg)
     index = [index_unit(ctx, "retrieval", memory_personas(ctx, False))] if uses_index(scfg) else []
     # one stage: the index does not depend on the adapter, so the two can run side by side
-    return [unified.stages(ctx, unified.UnifiedConfig())[0] + index]
+    return [unified.unified_stages(ctx)[0] + index]
 
 
-@register_strategy("retrieval_trained", RetrievalTrainedConfig)
 def trained_stages(ctx, scfg: RetrievalTrainedConfig) -> list[list[Unit]]:
     check(scfg)
-    first = unified.stages(ctx, unified.UnifiedConfig())[0] if scfg.init == "unified" else []
+    first = unified.unified_stages(ctx)[0] if scfg.init == "unified" else []
     if uses_index(scfg):
         first.append(index_unit(ctx, "retrieval_trained", memory_personas(ctx, True)))
     return [first, [train_unit(ctx, scfg)]] if first else [[train_unit(ctx, scfg)]]
 
 
 def train_unit(ctx, scfg: RetrievalTrainedConfig) -> Unit:
-    d = to_dict(ctx.cfg)
     upstream = unified.training_inputs(ctx) if scfg.init == "unified" else None
-    inputs = stable_hash("retrieval_trained", ctx.fingerprint, ctx.base_key, d["lora"],
-                         d["train"], d["data"]["history_messages"], d["model"]["include_character"],
-                         d["model"]["max_seq_len"], d["generation"]["max_new_tokens"],
+    inputs = unit_inputs(ctx, "retrieval_trained", ctx.cfg.generation.max_new_tokens,
                          dataclasses.asdict(scfg), upstream, INDEX_RECIPE)
     return Unit("train/retrieval_trained", inputs, lambda: train_with_retrieval(ctx, scfg),
                 [TRAINED])
@@ -317,3 +312,18 @@ def predictor(ctx, scfg: RetrievalConfig):
                         progress=ctx.progress)
 
     return predict
+
+
+#: Both need the run's retrieval index at request time; the Serve app does not hold it yet.
+NO_INDEX = ("the Serve app does not hold the run's retrieval index yet, which builds each "
+            "request's prompt")
+
+register_strategy("retrieval", config=RetrievalConfig, stages=stages, predictor=predictor,
+                  serving=not_servable(NO_INDEX), plans=("phase1",), position=60,
+                  expected_seconds={"eval/retrieval": 265.0, "retrieval/index": 430.0})
+register_strategy("retrieval_trained", config=RetrievalTrainedConfig, stages=trained_stages,
+                  predictor=predictor, serving=not_servable(NO_INDEX), plans=("phase1",),
+                  position=70,
+                  expected_seconds={"train/retrieval_trained": 290.0,
+                                    "eval/retrieval_trained": 150.0,
+                                    "retrieval_trained/index": 1.0})

@@ -28,9 +28,10 @@ import numpy as np
 from personal.config import to_dict
 from personal.data.schema import Example
 from personal.errors import PersonalError
-from personal.experiment.runs import stable_hash
-from personal.strategies.registry import (Unit, get_strategy, register_strategy,
+from personal.hashing import stable_hash
+from personal.strategies.registry import (Unit, get_strategy, register_strategy, servable,
                                           strategy_config)
+from personal.strategies.routes import UNIFIED, Route, RouteTable
 
 log = logging.getLogger("personal")
 
@@ -120,7 +121,6 @@ def merge_stages(*stage_lists: list[list[Unit]]) -> list[list[Unit]]:
     return out
 
 
-@register_strategy("selective", SelectiveConfig)
 def stages(ctx, scfg: SelectiveConfig) -> list[list[Unit]]:
     check_config(scfg)
     trained = merge_stages(*[spec.stages(ctx, options) for spec, options in
@@ -305,10 +305,8 @@ def load_routes(ctx) -> dict[str, str]:
 def predictor(ctx, scfg: SelectiveConfig):
     """Each example answered by its user's chosen strategy: examples grouped by choice, each
     group taken from that strategy's own finished evaluation in this run when it holds them
-    (`recorded_predictions`), else its predictor called once on the group (built on first
-    use); then put back in input order."""
-    from personal.experiment.pipeline import recorded_predictions
-
+    (`ctx.recorded_predictions`, which the experiment layer provides), else its predictor
+    called once on the group (built on first use); then put back in input order."""
     check_config(scfg)
     routes = load_routes(ctx)
     predictors: dict[str, Callable] = {}
@@ -325,7 +323,7 @@ def predictor(ctx, scfg: SelectiveConfig):
         out: list[Optional[str]] = [None] * len(examples)
         for name in sorted(groups):
             group = [examples[i] for i in groups[name]]
-            texts = recorded_predictions(ctx, name, group)
+            texts = ctx.recorded_predictions(name, group)
             if texts is None:
                 if name not in predictors:
                     predictors[name] = strategy_predictor(ctx, name)
@@ -338,3 +336,22 @@ def predictor(ctx, scfg: SelectiveConfig):
         return out
 
     return predict
+
+
+def routes(ctx, scfg: SelectiveConfig) -> RouteTable:
+    """The unified adapter or the candidate's route, per the run's validation decisions."""
+    check_config(scfg)
+    spec, options = _options(ctx, scfg.candidate)
+    candidate = spec.serving.routes(ctx, options) if spec.serving.servable else None
+    if candidate is None or candidate.kind != "lora":
+        raise PersonalError(f"selective with candidate {scfg.candidate!r} cannot be served: "
+                            "one stack holds the unified LoRA and LoRA candidates only")
+    unified = Route.one(UNIFIED)
+    users = {p: unified if choice == REFERENCE else candidate.route(p)
+             for p, choice in load_routes(ctx).items()}
+    return RouteTable("selective", users, unified)
+
+
+register_strategy("selective", config=SelectiveConfig, stages=stages, predictor=predictor,
+                  serving=servable(routes), plans=("phase1",), position=80,
+                  expected_seconds={"selective/": 75.0, "eval/selective": 5.0})

@@ -1,0 +1,96 @@
+"""Route tables: which adapters answer a user, as a strategy's serving form says.
+
+A strategy that can be served registers `servable(routes)`, where `routes(ctx, strategy_cfg)` returns a
+`RouteTable` mapping each user id the run knows to a `Route` (run-relative adapter folders and
+weights; none: the base model), exactly as its offline predictor routes the user's turns. A
+user id is only ever a key of that table, never part of a path: `../../etc` is an unknown user
+and gets the fallback.
+
+    table = route_table(ctx, "per_user_lora")    # personal.serving.routing
+    table.route("persona_003").label        # 'per_user_lora/persona_003'
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+#: The unified adapter's folder in a run (the reference every fallback names).
+UNIFIED = "adapters/unified_lora"
+CONFIG_FILE = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class Route:
+    """The adapters answering a user: (run-relative folder, weight) pairs; none: the base."""
+
+    adapters: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def one(cls, folder: str) -> "Route":
+        return cls(((folder, 1.0),))
+
+    @property
+    def folders(self) -> list[str]:
+        return [f for f, _ in self.adapters]
+
+    @property
+    def is_mixture(self) -> bool:
+        return len(self.adapters) > 1 or any(w != 1.0 for _, w in self.adapters)
+
+    @property
+    def label(self) -> str:
+        """What the response names: `per_user_lora/persona_003`, `unified_lora`, `base`, or a
+        mixture `a*0.7+b*0.3`."""
+        if not self.adapters:
+            return "base"
+        names = [f.removeprefix("adapters/") for f in self.folders]
+        if not self.is_mixture:
+            return names[0]
+        return "+".join(f"{n}*{w:g}" for n, (_, w) in zip(names, self.adapters))
+
+
+BASE = Route()
+
+
+@dataclass
+class RouteTable:
+    """user id -> Route for the users the run knows; `fallback` for every other id."""
+
+    strategy: str
+    users: dict[str, Route]
+    fallback: Route
+    kind: str = "lora"
+    """What the stack holds: `lora`, `prompt` (soft prompts beside a zero LoRA) or `none`."""
+
+    def route(self, user_id: str) -> Route:
+        # A dict lookup and nothing else: the id never becomes part of a path.
+        return self.users.get(user_id, self.fallback)
+
+    def folders(self) -> list[str]:
+        """Every adapter folder a route names (run-relative, sorted)."""
+        routes = list(self.users.values()) + [self.fallback]
+        return sorted({f for r in routes for f in r.folders})
+
+    def summary(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "kind": self.kind, "users": len(self.users),
+                "adapters": len(self.folders()), "fallback": self.fallback.label}
+
+
+def known_users(ctx) -> list[str]:
+    return [p.persona_id for p in ctx.dataset.personas]
+
+
+def unknown_fallback(ctx) -> Route:
+    """For ids the run does not know: the unified adapter when the run has it, else base."""
+    return Route.one(UNIFIED) if (ctx.run.path / UNIFIED / CONFIG_FILE).is_file() else BASE
+
+
+def own_or(ctx, folder: str, other: Route, names: set[str]) -> dict[str, Route]:
+    """Each user in `names` (those with a trained group) gets `folder/<user>`, the other
+    known users `other` (the same names the strategy's predictor stacks)."""
+    return {p: Route.one(f"{folder}/{p}") if p in names else other for p in known_users(ctx)}
+
+
+def fixed_routes(strategy: str, route: Route, kind: str = "lora") -> Callable[[Any], RouteTable]:
+    """A serving form where every user gets the same route (base, unified)."""
+    return lambda ctx, scfg: RouteTable(strategy, {}, route, kind)
