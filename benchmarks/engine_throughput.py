@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 
@@ -112,17 +111,18 @@ def _one_by_one(a, data, cfg) -> float:
 
 
 def _peft_train(a, examples, cfg, seed) -> float:
-    """The plain single-adapter loop: peft LoRA, torch AdamW, HF schedule, clipping."""
+    """The plain single-adapter loop: peft LoRA, torch AdamW, the core's schedule, clipping."""
     from peft import LoraConfig, get_peft_model
-    from transformers import get_linear_schedule_with_warmup
+
+    from personal.models.core import schedule
 
     pm = get_peft_model(_base(a), LoraConfig(r=a.rank, lora_alpha=2.0 * a.rank,
                                              target_modules=TARGETS, lora_dropout=0.0))
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    batches = adapter_batches(len(examples), cfg.batch_size, cfg.epochs, cfg.max_steps, seed)
-    sched = get_linear_schedule_with_warmup(opt, math.ceil(len(batches) * cfg.warmup_frac),
-                                            len(batches))
+    batches = adapter_batches(len(examples), cfg.batch_size, cfg.epochs, cfg.max_steps, seed,
+                              lengths=[len(ex["input_ids"]) for ex in examples])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(len(batches), cfg.warmup_frac))
     pm.train()
 
     def run():

@@ -64,7 +64,7 @@ def bench_generation(cfg, model, tok, examples, batch_size: int, n: int, new_tok
     from dataclasses import replace
 
     from personal.models.chat import PromptFormat
-    from personal.models.generate import generate
+    from personal.engine.generate import generate
 
     fmt = PromptFormat.from_config(cfg)
     gen = replace(cfg.generation, batch_size=batch_size, max_new_tokens=new_tokens)

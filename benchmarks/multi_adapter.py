@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from personal.config import Config, TrainConfig
 from personal.engine import (adapter_batches, adapter_state, export_peft, generate_mixed,
                              inject_stacked_lora, train_stacked)
-from personal.engine.optim import warmup_steps
+from personal.models.core import schedule
 from personal.engine.sampler import IGNORE, collate, pack_rows
 from personal.engine.toy import left_pad
 
@@ -148,7 +148,8 @@ def train_config(a) -> TrainConfig:
 
 def plans(datasets, cfg: TrainConfig) -> list[list[list[int]]]:
     """Each adapter's batches in the order the engine draws them (seed cfg.seed + k)."""
-    return [adapter_batches(len(d), cfg.batch_size, cfg.epochs, cfg.max_steps, cfg.seed + k)
+    return [adapter_batches(len(d), cfg.batch_size, cfg.epochs, cfg.max_steps, cfg.seed + k,
+                            lengths=[len(ex["input_ids"]) for ex in d])
             for k, d in enumerate(datasets)]
 
 
@@ -223,11 +224,8 @@ def train_sequential(a, base, datasets, cfg, init):
 
 def _peft_steps(pm, params, examples, batches, cfg, device, counts) -> None:
     """The plain single-adapter loop: token-mean loss, clipping, AdamW, warmup + decay."""
-    from transformers import get_linear_schedule_with_warmup
-
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = get_linear_schedule_with_warmup(
-        opt, warmup_steps(len(batches), cfg.warmup_frac), len(batches))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(len(batches), cfg.warmup_frac))
     pm.train()
     for batch in batches:
         t = collate([(0, examples[i]) for i in batch], 0, device)
@@ -244,14 +242,11 @@ def _peft_steps(pm, params, examples, batches, cfg, device, counts) -> None:
 
 def train_unified(a, base, datasets, cfg):
     """One adapter; step s = all users' s-th batches in the engine's passes. (Timing, counts)"""
-    from transformers import get_linear_schedule_with_warmup
-
     steps = step_rows(datasets, plans(datasets, cfg))
     pm = peft_model(a, base)
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = get_linear_schedule_with_warmup(
-        opt, warmup_steps(len(steps), cfg.warmup_frac), len(steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(len(steps), cfg.warmup_frac))
     counts = {"examples": 0, "tokens": 0, "padded_tokens": 0}
 
     def run():

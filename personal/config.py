@@ -127,6 +127,9 @@ class TrainConfig:
     """Passes over the training examples (upper bound; early stopping may end sooner)."""
     max_steps: int = 0
     """Hard cap on optimiser steps; 0 means no cap."""
+    min_steps: int = 0
+    """A floor on optimiser steps so a small dataset still gets enough updates (more passes
+    over it); 0: none; capped by max_steps when that is set."""
     batch_size: int = 4
     """Training sequences per step (a whole session each with `pack_sessions`: 4 sessions
     hold ~15 targets). Updates matter more than batch size here: with packed sessions,

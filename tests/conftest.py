@@ -143,3 +143,25 @@ def ray_local():
         os.environ.pop("RAY_AUTH_MODE", None)
     else:
         os.environ["RAY_AUTH_MODE"] = old
+
+
+def tiny_lm(texts):
+    """A tiny random Llama (hidden 32, 2 layers, context 256) with a tokenizer trained on
+    `texts`. Its embeddings are drawn larger than the usual 0.02 init: the tied output head
+    of a fresh tiny model is nearly flat, and a frozen flat head is something no adapter can
+    sharpen."""
+    import dataclasses
+
+    import torch
+
+    from personal.config import ModelConfig
+    from personal.models.base import build_tiny
+    from personal.models.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(list(texts) * 3, 400)
+    mc = dataclasses.replace(ModelConfig(), hidden_size=32, num_layers=2, num_heads=2,
+                             intermediate_size=64, max_seq_len=256)
+    model = build_tiny(mc, tok, seed=0)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.model.embed_tokens.weight, std=0.3)
+    return model, tok

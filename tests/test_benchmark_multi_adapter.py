@@ -29,16 +29,17 @@ def test_smoke_run_reports_the_ratios_and_equal_work(capsys):
     assert report["speedup_vs_per_example_eval"] == pytest.approx(
         report["mixed_tok_s"] / report["per_example_tok_s"], rel=1e-3)
 
-    # 8 users x 2 steps x batch 2: every variant trains on the same 32 examples and tokens,
-    # and the unified run cuts its steps into the engine's very passes.
+    # 8 users x 2 steps x batch 2: every variant trains on the same examples and tokens (at
+    # most 32: length-bucketed batches end an epoch with a short one, shuffled among the
+    # others), and the unified run cuts its steps into the engine's very passes.
     for what in ("examples", "tokens"):
         counts = {report[f"{v}_{what}"] for v in ("engine", "sequential", "unified")}
         assert len(counts) == 1, (what, counts)
-    assert report["engine_examples"] == 8 * 2 * 2
+    assert 8 * 2 < report["engine_examples"] <= 8 * 2 * 2
     assert report["engine_padded_tokens"] == report["unified_padded_tokens"]
     assert report["engine_padded_tokens"] >= report["engine_tokens"]
 
-    # Training moved the adapters (one step at lr 2e-3 after a zero-lr warmup step), and the
+    # Training moved the adapters (two steps, warmup then decay, at peak lr 2e-3), and the
     # plain peft loop, fed the same batches from the same start, ended on the same weights.
     assert report["max_adapter_update"] > 1e-4
     assert report["max_adapter_diff_engine_vs_sequential"] <= 1e-5

@@ -1,11 +1,8 @@
 """Engine training: K adapters together == each alone (engine K=1 and plain peft + AdamW),
 per-adapter clipping / lr / step counts, early stopping, init_from and the L2 pull."""
-import math
-
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from transformers import get_linear_schedule_with_warmup
 
 from personal.config import TrainConfig
 from personal.engine import (adapter_batches, adapter_state, inject_stacked_lora, train_stacked,
@@ -13,6 +10,7 @@ from personal.engine import (adapter_batches, adapter_state, inject_stacked_lora
 from personal.engine.sampler import collate, pack_rows
 from personal.engine.toy import random_examples, tiny_llama
 from personal.errors import PersonalError
+from personal.models.core import PARITY_RTOL, relative_difference, schedule
 
 RANK, ALPHA = 4, 8.0
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -38,23 +36,24 @@ def _max_diff(a, b):
     return max((a[key] - b[key]).abs().max().item() for key in a)
 
 
-def _close(a, b, atol=1e-5, rtol=1e-4):
-    """Same weights up to float reassociation (different padding widths and batch shapes
-    change the summation order of matmuls; Adam's normalised steps keep that at ~1e-6)."""
-    return set(a) == set(b) and all(torch.allclose(a[key], b[key], atol=atol, rtol=rtol)
-                                    for key in a)
+def _close(a, b, init):
+    """Same training up to float reassociation (different padding widths and batch shapes
+    change the summation order of matmuls): the trained updates differ by at most
+    PARITY_RTOL of their norm (the bound is derived in `models.core`)."""
+    return relative_difference(a, b, init) <= PARITY_RTOL
 
 
 def _peft_alone(examples, lr, seed, init_state):
-    """Reference: plain peft LoRA + torch AdamW + HF schedule + clip_grad_norm_, one adapter."""
+    """Reference: plain peft LoRA + torch AdamW + the core's schedule + clip_grad_norm_."""
     pm = get_peft_model(tiny_llama(0), LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
                                                   target_modules=TARGETS))
     set_peft_model_state_dict(pm, init_state)
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=CFG.weight_decay)
-    batches = adapter_batches(len(examples), CFG.batch_size, CFG.epochs, CFG.max_steps, seed)
-    sched = get_linear_schedule_with_warmup(opt, math.ceil(len(batches) * CFG.warmup_frac),
-                                            len(batches))
+    batches = adapter_batches(len(examples), CFG.batch_size, CFG.epochs, CFG.max_steps, seed,
+                              lengths=[len(ex["input_ids"]) for ex in examples])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, schedule(len(batches), CFG.warmup_frac))  # the core's one schedule
     pm.train()
     for batch in batches:
         t = collate([(0, examples[i]) for i in batch], 0, "cpu")
@@ -75,16 +74,20 @@ def test_k_adapters_together_equal_each_trained_alone():
     result = train_stacked(together, data, CFG, lrs=LRS)
     # Different dataset sizes -> different step counts: 3, 4, 6 batches per epoch, 2 epochs.
     assert [a.steps for a in result.adapters] == [6, 8, 12]
-    assert all(a.train_losses[-1] < a.train_losses[0] for a in result.adapters)
+    # It learned: the second epoch (the same examples again) has a lower mean loss than the
+    # first (single batches are too noisy to compare: batches are length-bucketed).
+    for a in result.adapters:
+        half = len(a.train_losses) // 2
+        assert sum(a.train_losses[half:]) < sum(a.train_losses[:half])
     for k in range(3):
         final = adapter_state(together, k)
         assert _max_diff(final, init[k]) > 1e-3                    # it really trained
         alone = _stack(1, seed=CFG.seed + k)                        # same init by seed
         assert _max_diff(adapter_state(alone, 0), init[k]) == 0
         train_stacked(alone, [data[k]], CFG, lrs=[LRS[k]], adapter_seeds=[CFG.seed + k])
-        assert _close(final, adapter_state(alone, 0)), _max_diff(final, adapter_state(alone, 0))
+        assert _close(final, adapter_state(alone, 0), init[k])
         ref = _peft_alone(data[k], LRS[k], CFG.seed + k, init[k])
-        assert _close(final, ref), _max_diff(final, ref)
+        assert _close(final, ref, init[k]), relative_difference(final, ref, init[k])
 
 
 def test_clipping_is_per_adapter():
@@ -92,11 +95,12 @@ def test_clipping_is_per_adapter():
     update: clip norms are never shared across adapters."""
     data = _datasets()
     base = _stack(3, seed=1)
+    init = [adapter_state(base, k) for k in range(3)]
     train_stacked(base, data, CFG, lrs=LRS)
     other = _stack(3, seed=1)
     train_stacked(other, data, CFG, lrs=[LRS[0], LRS[1], 1.0])     # adapter 2 goes wild
     for k in (0, 1):
-        assert _close(adapter_state(base, k), adapter_state(other, k))
+        assert _close(adapter_state(base, k), adapter_state(other, k), init[k])
     assert _max_diff(adapter_state(base, 2), adapter_state(other, 2)) > 1e-2
 
 
@@ -110,6 +114,7 @@ def test_early_stopping_stops_one_adapter_and_keeps_its_best_weights():
     cfg = TrainConfig(lr=3e-2, epochs=4, batch_size=2, warmup_frac=0.0, max_grad_norm=1.0,
                       eval_every=1, patience=2, seed=0)
     model = _stack(3, seed=0)
+    init = adapter_state(model, 0)
     lrs = [3e-2, 1e-2, 1e-2]
     result = train_stacked(model, train, cfg, val_datasets=val, lrs=lrs)
     a0, a1, a2 = result.adapters
@@ -127,7 +132,7 @@ def test_early_stopping_stops_one_adapter_and_keeps_its_best_weights():
     alone = train_stacked(one, [train[0]], cfg, val_datasets=[val[0]], lrs=lrs[:1],
                          adapter_seeds=[0])
     assert (alone.adapters[0].steps, alone.adapters[0].best_step) == (a0.steps, a0.best_step)
-    assert _close(adapter_state(model, 0), adapter_state(one, 0))
+    assert _close(adapter_state(model, 0), adapter_state(one, 0), init)
 
 
 def test_init_from_copies_the_given_adapter_into_every_slot():
@@ -141,7 +146,11 @@ def test_init_from_copies_the_given_adapter_into_every_slot():
 def test_l2_penalty_pulls_towards_the_reference():
     data = _datasets()
     ref = {key: 0.05 * torch.randn_like(v) for key, v in adapter_state(_stack(1, 0), 0).items()}
-    cfg = TrainConfig(**{**CFG.__dict__, "max_grad_norm": 0.0, "weight_decay": 0.0})
+    # Adam is scale-invariant: under a huge lambda each weight oscillates around the reference
+    # with an amplitude of about the last steps' lr (lr / (steps - warmup) at the end of the
+    # linear decay), so the run needs enough steps for that to fall well below the free drift.
+    cfg = TrainConfig(**{**CFG.__dict__, "max_grad_norm": 0.0, "weight_decay": 0.0,
+                         "epochs": 4})
 
     def drift(lam):
         model = _stack(3, seed=0)
@@ -166,10 +175,11 @@ def test_splitting_a_step_into_small_passes_changes_nothing():
     """Adapters' batches split across passes still get their own token-mean gradient."""
     data = _datasets()
     whole, split = _stack(3, seed=0), _stack(3, seed=0)
+    init = [adapter_state(whole, k) for k in range(3)]
     train_stacked(whole, data, CFG, lrs=LRS, micro_batch_rows=64)
     train_stacked(split, data, CFG, lrs=LRS, micro_batch_rows=1)
     for k in range(3):
-        assert _close(adapter_state(whole, k), adapter_state(split, k))
+        assert _close(adapter_state(whole, k), adapter_state(split, k), init[k])
 
 
 def _lengths(passes):

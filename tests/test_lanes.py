@@ -76,7 +76,7 @@ def test_a_free_lane_takes_the_unit_with_the_longest_path_to_the_end():
 
 def test_lanes_share_embeddings_through_shards(tmp_path, monkeypatch):
     """What one process embedded, another takes from the shard instead of encoding again."""
-    from personal.eval import embed as E
+    from personal.data import embed as E
 
     encoded = []
 

@@ -12,7 +12,7 @@ from personal.data.io import write_dataset
 from personal.data.schema import Dataset, Message, Persona, Session
 from personal.errors import PersonalError
 from personal.models.base import cache_key, data_fingerprint, load_base
-from personal.models.generate import generate
+from personal.engine.generate import generate
 from personal.models.pretrain import pretrain_base
 
 

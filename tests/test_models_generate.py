@@ -9,7 +9,8 @@ from personal.config import GenerationConfig, ModelConfig
 from personal.data.schema import Example, Message
 from personal.models.base import build_tiny
 from personal.models.chat import PromptFormat
-from personal.models.generate import decode_new, generate
+from personal.engine.generate import generate
+from personal.models.generate import decode_new
 from personal.models.tokenizer import train_tokenizer
 from personal.models.training import LoopSettings, train_loop
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model_state_dict
 
-from personal.config import LoraConfig, ModelConfig, TrainConfig
+from conftest import tiny_lm
+from personal.config import LoraConfig, TrainConfig
 from personal.data.schema import Example, Message
-from personal.models.base import build_tiny
 from personal.models.chat import PromptFormat
 from personal.models.lora import train_lora
 from personal.models.training import collate, evaluate_loss
@@ -28,17 +28,7 @@ FMT = PromptFormat(max_len=256, history_messages=6)
 
 @pytest.fixture(scope="module")
 def world():
-    from personal.models.tokenizer import train_tokenizer
-
-    tok = train_tokenizer((SENTENCES + REPLIES) * 3, 400)
-    mc = dataclasses.replace(ModelConfig(), hidden_size=32, num_layers=2, num_heads=2,
-                             intermediate_size=64, max_seq_len=256)
-    model = build_tiny(mc, tok, seed=0)
-    # Larger embeddings than the usual 0.02 init: the tied output head of a fresh tiny model
-    # is nearly flat, and a frozen flat head is something no adapter can sharpen.
-    torch.manual_seed(0)
-    torch.nn.init.normal_(model.model.embed_tokens.weight, std=0.3)
-    return model, tok
+    return tiny_lm(SENTENCES + REPLIES)
 
 
 def examples(n=8):

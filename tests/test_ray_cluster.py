@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 # Reliability: the old flake ("No available agent to submit job") came from Ray's fixed
@@ -207,7 +206,13 @@ def test_smoke_experiment_on_two_node_loopback_cluster(loopback_cluster, tmp_pat
     assert out.returncode == 0, out.stderr[-3000:]
     a = load_file(str(run / "adapters/unified_lora/adapter_model.safetensors"))
     b = load_file(str(local / "adapters/unified_lora/adapter_model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    # Cluster workers sum gradients in another order than the local run: the trained update
+    # (B @ A, all update since B starts at 0) agrees norm-wise within PARITY_RTOL, the bound
+    # derived from fp32 summation order through the Adam steps in `models.core`.
+    from personal.models.core import PARITY_RTOL, lora_products, relative_difference
+
+    assert a.keys() == b.keys()
+    assert relative_difference(lora_products(a), lora_products(b)) <= PARITY_RTOL
     summary = json.loads((run / "metrics/unified_lora_summary.json").read_text())
     reference = json.loads((local / "metrics/unified_lora_summary.json").read_text())
     assert summary["macro"] == pytest.approx(reference["macro"], abs=1e-6, nan_ok=True)

@@ -77,5 +77,9 @@ def test_deepspeed_unified_adapter_on_gpu(tmp_path):
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
     assert record["steps"] > 0
+    # The default path's machinery: validation at step 0 and after, best weights kept.
+    assert record["val_losses"][0][0] == 0 and len(record["val_losses"]) >= 2
+    assert record["best_val_loss"] == min(v for _, v in record["val_losses"])
+    assert record["term_losses"]["lm"][-1][0] == record["steps"]
     out = tmp_path / "run" / "adapters" / "unified_lora"
     PeftModel.from_pretrained(ctx.base[0], str(out))

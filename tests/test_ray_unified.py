@@ -8,6 +8,7 @@ from peft import PeftModel
 from personal.distributed.smoke import smoke_config
 from personal.distributed.unified import ADAPTER, train_lora_dp
 from personal.experiment.context import Context
+from personal.models.core import PARITY_RTOL, lora_products, relative_difference
 from personal.models.lora import train_lora
 
 torch.set_num_threads(1)
@@ -78,7 +79,11 @@ def test_two_ray_train_workers_match_one_process(world, tmp_path, ray_local):
                                     str(tmp_path / "local_run" / ADAPTER))
     a, b = trainable_all(reloaded), trainable_all(ref)
     assert a.keys() == b.keys()
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    # Two workers sum each gradient in another order than one process: compare the trained
+    # update norm-wise, B @ A (B starts at 0, so it is all update), within PARITY_RTOL,
+    # whose bound from fp32 summation order through the Adam steps is derived in
+    # `models.core` (an elementwise atol=1e-5 failed on AMD EPYC by 1.05e-5).
+    assert relative_difference(lora_products(a), lora_products(b)) <= PARITY_RTOL
     assert any(float(v.abs().sum()) > 0 for k, v in a.items() if "lora_B" in k)
 
 

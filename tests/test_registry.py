@@ -99,6 +99,16 @@ def test_serving_needs_a_form_or_a_reason(scratch):
         register_strategy("no_serving", config=NoOptions, stages=nothing, predictor=nothing)
 
 
+def installed_package(folder, name: str, entry: str) -> None:
+    """What pip leaves for a package `name` whose entry point `entry` is in the group."""
+    dist = folder / f"{name}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+                                   encoding="utf-8")
+    (dist / "entry_points.txt").write_text(f"[personal.strategies]\n{entry}\n",
+                                           encoding="utf-8")
+
+
 def test_a_package_registers_through_the_entry_point_group(scratch, tmp_path, monkeypatch):
     (tmp_path / "outside_strategy.py").write_text(textwrap.dedent('''
         from dataclasses import dataclass
@@ -112,12 +122,7 @@ def test_a_package_registers_through_the_entry_point_group(scratch, tmp_path, mo
                           predictor=lambda ctx, s: (lambda exs: ["" for _ in exs]),
                           serving=not_servable("it answers nothing"), plans=("outside_plan",))
     '''), encoding="utf-8")
-    dist = tmp_path / "outside_pkg-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: outside-pkg\nVersion: 1.0\n",
-                                   encoding="utf-8")
-    (dist / "entry_points.txt").write_text(
-        "[personal.strategies]\noutside = outside_strategy\n", encoding="utf-8")
+    installed_package(tmp_path, "outside_pkg", "outside = outside_strategy")
     monkeypatch.syspath_prepend(str(tmp_path))
     registry._load_entry_points()
     assert get_strategy("outside").plans == ("outside_plan",)
@@ -126,12 +131,7 @@ def test_a_package_registers_through_the_entry_point_group(scratch, tmp_path, mo
 
 
 def test_a_broken_entry_point_is_named(scratch, tmp_path, monkeypatch):
-    dist = tmp_path / "broken_pkg-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-pkg\nVersion: 1.0\n",
-                                   encoding="utf-8")
-    (dist / "entry_points.txt").write_text(
-        "[personal.strategies]\nbroken = no_such_module_here\n", encoding="utf-8")
+    installed_package(tmp_path, "broken_pkg", "broken = no_such_module_here")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PersonalError, match="entry point broken = no_such_module_here"):
         registry._load_entry_points()

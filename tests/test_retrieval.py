@@ -81,7 +81,7 @@ def test_only_the_same_users_memory_and_never_the_own_session(tiny_dataset, meth
 
 
 def test_similarity_puts_a_near_duplicate_first():
-    from personal.eval.embed import embed
+    from personal.data.embed import embed
 
     memory = {"u1": [
         exchange(0, "Please set the AC to 22 degrees on heat, it is freezing.", meta=EVENING),
@@ -257,7 +257,7 @@ def test_the_index_unit_embeds_the_evaluated_queries_once_for_both_evaluations(
         world, monkeypatch, tmp_path):
     """Both retrieval evaluations find their test queries embedded by the index unit (two
     lanes running them at once each embedded all of them)."""
-    from personal.eval import embed as embed_mod
+    from personal.data import embed as embed_mod
 
     cfg, _ = world
     ctx = Context.create(cfg, tmp_path / "run")

@@ -104,7 +104,7 @@ def test_noise_ceiling_matches_hand_computation(tiny_dataset):
     splits = make_splits(ds)  # test = session 4: two assistant turns with alt_text
     pairs = [(m.text, m.alt_text) for m in ds.personas[0].sessions[4].messages if m.role == "assistant"]
     assert len(pairs) == 2
-    from personal.eval.embed import embedding_model
+    from personal.data.embed import embedding_model
 
     model = embedding_model()
     sims = []

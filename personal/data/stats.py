@@ -175,7 +175,7 @@ def _even_subsample(n: int, k: Optional[int]) -> np.ndarray:
 
 def noise_ceiling(ds: Dataset, splits: Splits, max_turns: Optional[int] = None) -> dict[str, Any]:
     """Mean all-MiniLM-L6-v2 cosine similarity of each test assistant turn's text with its
-    `alt_text` (batched embeddings, `personal.eval.embed`). `max_turns` keeps that many
+    `alt_text` (batched embeddings, `personal.data.embed`). `max_turns` keeps that many
     pairs spread evenly over the test turns. Also the mean of per-user means (the
     evaluation protocol averages per user first). Skipped, with a note, without alt_text."""
     start = time.perf_counter()
@@ -187,7 +187,7 @@ def noise_ceiling(ds: Dataset, splits: Splits, max_turns: Optional[int] = None) 
         out["note"] = "skipped: no test assistant turn carries alt_text"
         return out
     pairs = [pairs[i] for i in _even_subsample(len(pairs), max_turns)]
-    from personal.eval.embed import cosine_pairs
+    from personal.data.embed import cosine_pairs
 
     sims = cosine_pairs([a for _, a, _ in pairs], [b for _, _, b in pairs]).astype(np.float64)
     per_user: dict[str, list[float]] = defaultdict(list)

@@ -4,7 +4,9 @@ Select it with a ZeRO config file: `ray.deepspeed: configs/deepspeed_zero2.json`
 `ray.use_gpu: true`), see configs/ray_deepspeed.yaml. The peft model's trainable LoRA weights
 and their AdamW states are partitioned across workers (ZeRO stage 1 or 2; the frozen base stays
 whole on every GPU, so stage 3 brings nothing for LoRA and is refused). Batches, schedule and
-seed are those of the default path: worker r takes rows r, r+W, ... of every global batch.
+seed are those of the default path, because it is the default path's loop
+(`models.training.train_loop`) with a DeepSpeed stepper (`deepspeed_stepper`): schedule,
+validation, early stopping and best weights; worker r takes rows r, r+W, ... of every batch.
 On CPU, or without the `deepspeed` package, it stops with a message saying so; the default
 data-parallel path (personal.distributed.unified) needs neither.
 """
@@ -13,11 +15,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from personal.errors import PersonalError
+from personal.models.core import EngineStepper, default_collective
 
 ADAPTER = "adapters/unified_lora"
 
@@ -63,48 +66,45 @@ def check_deepspeed(cfg: Any) -> str:
     return str(path)
 
 
+def deepspeed_stepper(zero: dict[str, Any], initialize: Optional[Callable[..., tuple]] = None
+                      ) -> Callable[..., EngineStepper]:
+    """A stepper factory for the one training loop (`models.training.train_loop`): the
+    core's AdamW groups and schedule handed to `deepspeed.initialize` (or `initialize`, the
+    same signature: tests pass a fake engine), then engine.backward / engine.step, which
+    reduce gradients, clip (`gradient_clipping` of `zero`), step AdamW and the schedule."""
+    def make(model, groups, lr_lambda, s, coll) -> EngineStepper:
+        init = initialize
+        if init is None:
+            import deepspeed
+
+            init = deepspeed.initialize
+        opt = torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
+        engine, _, _, _ = init(model=model, optimizer=opt, config=zero,
+                               lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(
+                                   o, lr_lambda))
+        return EngineStepper(engine, coll.world)
+
+    return make
+
+
 def deepspeed_worker(config: dict) -> None:
-    """Ray Train per-worker function: the unified adapter under a DeepSpeed engine."""
-    import deepspeed
+    """Ray Train per-worker function: the unified adapter through the one training loop, its
+    steps made by a DeepSpeed engine; the same schedule, validation, early stopping and
+    best weights as the default path."""
     import ray.train
 
     from personal.distributed.runtime import worker_context
-    from personal.models.lora import TrainResult, attach_lora, save_adapter, train_settings
-    from personal.models.training import (LoopResult, collate, length_batches,
-                                          masked_lm_loss, seed_everything, total_steps)
+    from personal.distributed.unified import train_unified
 
     ctx = worker_context(config["cfg"], config["run"])
     tc = ray.train.get_context()
-    rank, world = tc.get_world_rank(), tc.get_world_size()
-    cfg, device = ctx.cfg, torch.device("cuda", tc.get_local_rank())
-    model, tok = ctx.base
-    seed_everything(cfg.train.seed)
-    peft_model = attach_lora(model.to(device), cfg.lora)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    s = train_settings(cfg.train)
-    fmt = ctx.prompt_format()
-    train = fmt.encode_training(tok, ctx.examples("train", ctx.training_personas()),
-                                ctx.cfg.train.pack_sessions)
-    total = total_steps(len(train), s)
-    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    engine, _, _, _ = deepspeed.initialize(model=peft_model, optimizer=opt,
-                                           config=read_zero_config(config["zero"], cfg.train, world))
-    gen, res = torch.Generator().manual_seed(s.seed), LoopResult()
-    lengths = [len(f["input_ids"]) for f in train]
-    while res.steps < total:
-        for idx in length_batches(lengths, s.batch_size, gen):
-            local = idx[rank::world] or idx[:1]
-            loss, _ = masked_lm_loss(engine, collate([train[i] for i in local],
-                                                     tok.pad_token_id, device))
-            engine.backward(loss)
-            engine.step()
-            res.steps += 1
-            res.train_losses.append((res.steps, float(loss.detach())))
-            if res.steps >= total:
-                break
-    ray.train.report({"step": res.steps, "train_loss": res.train_losses[-1][1]})
-    if rank == 0:
-        save_adapter(peft_model, ctx.run.path / ADAPTER, TrainResult(model=peft_model, **vars(res)))
+    coll = default_collective()
+    device = torch.device("cuda", tc.get_local_rank())
+    torch.cuda.set_device(device)
+    zero = read_zero_config(config["zero"], ctx.cfg.train, coll.world)
+    record = train_unified(ctx, coll, stepper=deepspeed_stepper(zero),
+                           model=ctx.base[0].to(device))
+    ray.train.report({"step": record["steps"]})
 
 
 def train_unified_deepspeed_on_ray(ctx, max_failures: int = 1) -> dict:

@@ -206,7 +206,7 @@ def _lane_class():
             import torch
 
             from personal.distributed.runtime import worker_context
-            from personal.eval.embed import share_embeddings
+            from personal.data.embed import share_embeddings
             from personal.experiment.runs import _attach_log, console_log
 
             torch.set_num_threads(threads)

@@ -7,14 +7,24 @@ gets its row's user vector again. Rows keep their order, so routing by row stays
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Sequence, Union
+import time
+from contextlib import nullcontext
+from typing import Any, Optional, Sequence, Union
 
 import torch
+import transformers
 from torch import nn
+from tqdm.auto import tqdm
 
+from personal.config import Config
+from personal.data.schema import Example
 from personal.engine.prompts import build_inputs, leading_pads, positions, prompt_tables
 from personal.engine.stacked_lora import Rows, adapter_rows, get_routing, keep_rows
 from personal.errors import PersonalError
+from personal.models.chat import PromptFormat, stop_ids
+from personal.models.generate import Prompt, decode_new, generation_config, prompt_ids
+from personal.models.last_layer import keys_and_values_only, last_llama_layer
+from personal.models.training import collate, unwrapped
 
 
 @torch.no_grad()
@@ -106,8 +116,6 @@ def _prompt_pass(model, inputs: dict, cache_arg: str, cache, last_only: dict):
     decoding step. On the 2-layer
     built-in base that skips ~40% of the prompt pass (queries, attention, output projection
     and MLP of half the layers). Elsewhere: one plain pass."""
-    from personal.models.last_layer import keys_and_values_only, last_llama_layer
-
     first = {cache_arg: cache} if cache is not None else {}
     layer = last_llama_layer(model)
     if layer is None or inputs["attention_mask"].shape[1] < 2:
@@ -158,7 +166,6 @@ def _static_cache(model, length: int):
 
 def _forward_parameters(model):
     # A peft wrapper's forward takes **kwargs and hands them to the model it wraps: ask that.
-    from personal.models.training import unwrapped
 
     return inspect.signature(unwrapped(model).forward).parameters
 
@@ -197,15 +204,9 @@ def generate_routed(model: nn.Module, tokenizer, items: Sequence, rows: Sequence
     """Assistant turn text for each item (Example, prompt text or ids), item i answered by
     adapter `rows[i]` (an index, -1 for the base model, or a weight vector over the stack).
 
-    Like `models.generate.generate` (sorted by length, batched, left-padded, cut at the end
+    Like `generate` (sorted by length, batched, left-padded, cut at the end
     of the turn, results in input order), but one batch mixes adapters, so a fleet of 200
     adapters is evaluated in the batches a single adapter would need. Greedy only."""
-    from tqdm.auto import tqdm
-
-    from personal.models.chat import stop_ids
-    from personal.models.generate import decode_new, prompt_ids
-    from personal.models.training import collate
-
     if gen_cfg.do_sample:
         raise PersonalError("routed generation is greedy: set generation.do_sample=false")
     if len(rows) != len(items):
@@ -229,3 +230,79 @@ def generate_routed(model: nn.Module, tokenizer, items: Sequence, rows: Sequence
         for r, i in enumerate(idx):
             out[i] = decode_new(tokenizer, new[r], stops)
     return out  # type: ignore[return-value]
+
+
+# --- Texts from prompts (any model) -----------------------------------------------------------
+
+def _sampling_seed(gen_cfg: Any, device: torch.device):
+    """Sampling draws from torch's global RNG: seed it inside a fork so the caller's RNG
+    state is untouched. Greedy needs no RNG."""
+    if not gen_cfg.do_sample:
+        return nullcontext()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
+
+
+@torch.no_grad()
+def generate(model: Any, tokenizer: Any, items: Sequence[Prompt], gen_cfg: Any, *,
+             fmt: Optional[PromptFormat] = None, progress: bool = False,
+             stats: Optional[dict[str, float]] = None) -> list[str]:
+    """Assistant turn text for each item, in input order. Prompts are sorted by length into
+    batches of `gen_cfg.batch_size` (less padding), left-padded, and generated with the KV
+    cache; greedy unless `gen_cfg.do_sample` (then seeded by `gen_cfg.seed`). `stats`, if
+    given, receives prompt_tokens, new_tokens (up to and including each end-of-turn token),
+    batches and seconds."""
+    start = time.perf_counter()
+    if fmt is None and any(isinstance(it, Example) for it in items):
+        fmt = PromptFormat.from_config(Config())
+    prompts = [prompt_ids(tokenizer, it, fmt, gen_cfg.max_new_tokens) for it in items]
+    if any(len(p) == 0 for p in prompts):
+        raise PersonalError("generate: an empty prompt")
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    config, stops = generation_config(gen_cfg, tokenizer), stop_ids(tokenizer)
+    device = next(model.parameters()).device
+    out: list[Optional[str]] = [None] * len(prompts)
+    model.eval()
+    with _sampling_seed(gen_cfg, device):
+        if gen_cfg.do_sample:
+            torch.manual_seed(gen_cfg.seed)
+        for b in tqdm(range(0, len(order), gen_cfg.batch_size), desc="generate",
+                      disable=not progress, leave=False):
+            idx = order[b:b + gen_cfg.batch_size]
+            batch = collate([{"input_ids": prompts[i]} for i in idx], config.pad_token_id, device)
+            new = _new_tokens(model, batch, config)
+            for row, i in enumerate(idx):
+                out[i] = decode_new(tokenizer, new[row], stops)
+            _count(stats, prompts, idx, new, stops)
+    if stats is not None:
+        stats["seconds"] = stats.get("seconds", 0.0) + time.perf_counter() - start
+    return out  # type: ignore[return-value]
+
+
+def _new_tokens(model: Any, batch: dict[str, torch.Tensor],
+                config: transformers.GenerationConfig) -> torch.Tensor:
+    """One batch's new tokens [B, n]. Greedy runs the engine's own KV-cached loop (same
+    tokens as transformers' `generate()`, ~17% faster on the built-in base: no per-step
+    processors around the same forward passes); sampling goes to `generate()`."""
+    if not config.do_sample:
+        return greedy_decode(model, batch["input_ids"], batch["attention_mask"],
+                             config.max_new_tokens, eos_token_id=config.eos_token_id,
+                             pad_token_id=config.pad_token_id)
+    ids = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         generation_config=config)
+    return ids[:, batch["input_ids"].shape[1]:]
+
+
+def _count(stats: Optional[dict[str, float]], prompts: list[list[int]], idx: list[int],
+           new: torch.Tensor, stops: frozenset[int]) -> None:
+    """Add one batch's token counts to `stats`."""
+    if stats is None:
+        return
+    is_stop = torch.zeros_like(new, dtype=torch.bool)
+    for s in stops:
+        is_stop |= new == s
+    # a row's new tokens run up to its first stop token (inclusive), else to the end
+    first = torch.where(is_stop.any(1), is_stop.float().argmax(1) + 1, new.shape[1])
+    stats["new_tokens"] = stats.get("new_tokens", 0) + int(first.sum())
+    stats["prompt_tokens"] = stats.get("prompt_tokens", 0) + sum(len(prompts[i]) for i in idx)
+    stats["batches"] = stats.get("batches", 0) + 1

@@ -9,24 +9,21 @@ The arithmetic follows `torch.optim.AdamW` (decoupled decay, bias-corrected mome
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
+from personal.models.core import lr_factor, warmup_steps
+
+#: `warmup_steps` is the core's, re-exported for the callers that import it from here.
+__all__ = ["StackedAdamW", "clip_per_adapter", "linear_warmup_decay", "warmup_steps"]
+
 
 def linear_warmup_decay(step: int, total: int, warmup: int) -> float:
-    """Learning-rate multiplier before optimiser step `step` (0-based): linear warmup from 0
-    over `warmup` steps, then linear decay to 0 at `total` — transformers'
-    `get_linear_schedule_with_warmup`, so a single-adapter run can use that directly."""
-    if step < warmup:
-        return step / max(1, warmup)
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def warmup_steps(total: int, warmup_frac: float) -> int:
-    """Warmup length of a run of `total` steps (rounded up, as the HF Trainer does)."""
-    return math.ceil(total * warmup_frac)
+    """Learning-rate multiplier before optimiser step `step` (0-based): the training core's
+    one schedule (`models.core.lr_factor`) with linear decay, as every path uses it."""
+    return lr_factor(step, total, warmup, "linear")
 
 
 @torch.no_grad()
@@ -71,8 +68,10 @@ class StackedAdamW:
         self.exp_avg_sq = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
 
     @torch.no_grad()
-    def step(self, adapters: Sequence[int], lrs: Sequence[float]) -> None:
-        """One AdamW step for each adapter in `adapters` with learning rate `lrs[i]`."""
+    def step(self, adapters: Sequence[int], lrs: Sequence[float],
+             param_scale: Optional[Sequence[float]] = None) -> None:
+        """One AdamW step for each adapter in `adapters` with learning rate `lrs[i]`, times
+        `param_scale[j]` for parameter j (its group's lr multiplier; default 1)."""
         if not adapters:
             return
         order = sorted(range(len(adapters)), key=lambda i: adapters[i])
@@ -83,14 +82,18 @@ class StackedAdamW:
         t = [self.steps[k] for k in adapters]
         # Per-adapter scalars in float64, as torch computes them in Python floats.
         lr = torch.tensor(list(lrs), dtype=torch.float64, device=dev)
-        step_size = (lr / torch.tensor([1 - self.betas[0] ** s for s in t],
-                                       dtype=torch.float64, device=dev)).float()
+        bc1 = torch.tensor([1 - self.betas[0] ** s for s in t], dtype=torch.float64, device=dev)
         bc2_sqrt = torch.tensor([math.sqrt(1 - self.betas[1] ** s) for s in t],
                                 dtype=torch.float64, device=dev).float()
-        decay = (1 - lr * self.weight_decay).float()
+        scalars = {}  # by lr multiplier: (step size, decay factor) per adapter
         # Every adapter in the step: update whole tensors in place, no gather/scatter.
         idx = None if len(adapters) == len(self.steps) else torch.tensor(adapters, device=dev)
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+        scales = param_scale if param_scale is not None else [1.0] * len(self.params)
+        for p, m, v, scale in zip(self.params, self.exp_avg, self.exp_avg_sq, scales):
+            if scale not in scalars:
+                lr_p = lr * scale if scale != 1.0 else lr
+                scalars[scale] = ((lr_p / bc1).float(), (1 - lr_p * self.weight_decay).float())
+            step_size, decay = scalars[scale]
             shape = (-1,) + (1,) * (p.dim() - 1)
             self._update(p, m, v, idx, step_size.view(shape), bc2_sqrt.view(shape),
                          decay.view(shape))

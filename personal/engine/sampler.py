@@ -1,43 +1,43 @@
 """Each adapter's own data order, and packing of many adapters' batches into shared passes.
 
 Adapter k draws its examples from its own generator (seed `seed + k` unless given), epoch
-after epoch, in batches of `batch_size`; this is the order it would see if trained alone.
+after epoch, in length-bucketed batches of `batch_size` (the training core's `batch_plan`);
+this is the order it would see if trained alone, by `train_lora` too.
 A training step takes the next batch of every adapter still training and packs them, sorted
 by length, into forward passes of at most `micro_batch_rows` rows (cut to keep padding low).
 """
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from personal.errors import PersonalError
+from personal.models.core import plan_steps
+from personal.models.training import batch_plan
 
 IGNORE = -100
 
 
 def adapter_batches(num_examples: int, batch_size: int, epochs: float, max_steps: int,
-                    seed: int) -> list[list[int]]:
-    """The batches (lists of example indices) one adapter trains on, in order.
+                    seed: int, min_steps: int = 0,
+                    lengths: Optional[Sequence[int]] = None) -> list[list[int]]:
+    """The batches (lists of example indices) one adapter trains on, in order: the one
+    training core's plan (`models.training.batch_plan`, length-bucketed epochs from one
+    generator seeded `seed`), so an adapter gets the batches it would get from `train_lora`.
 
-    Each epoch is a fresh permutation from one generator seeded `seed`; the last batch of an
-    epoch may be short. Steps = ceil(epochs * batches per epoch), capped by `max_steps` if > 0.
-    """
+    Steps are `models.core.plan_steps`: ceil(epochs * batches per epoch), at least
+    `min_steps`, capped by `max_steps` if > 0. `lengths` are the examples' token counts
+    (without them every example counts as the same length: batches of a random order)."""
     if num_examples == 0:
         return []
     if batch_size < 1:
         raise PersonalError(f"batch_size must be >= 1, got {batch_size}")
-    per_epoch = math.ceil(num_examples / batch_size)
-    total = math.ceil(epochs * per_epoch)
-    if max_steps > 0:
-        total = min(total, max_steps)
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    batches: list[list[int]] = []
-    while len(batches) < total:
-        order = torch.randperm(num_examples, generator=g).tolist()
-        batches += [order[i:i + batch_size] for i in range(0, num_examples, batch_size)]
-    return batches[:total]
+    if lengths is not None and len(lengths) != num_examples:
+        raise PersonalError(f"lengths has {len(lengths)} entries for {num_examples} examples")
+    steps = plan_steps(num_examples, batch_size, epochs, max_steps, min_steps)
+    return batch_plan(list(lengths) if lengths is not None else [1] * num_examples,
+                      batch_size, steps, seed)
 
 
 def check_examples(datasets: Sequence[Sequence[dict]], what: str = "datasets") -> None:

@@ -17,17 +17,18 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from personal.config import TrainConfig
-from personal.engine.optim import StackedAdamW, clip_per_adapter, linear_warmup_decay, warmup_steps
+from personal.engine.optim import StackedAdamW, clip_per_adapter
 from personal.engine.prompts import build_inputs, prompt_tables
 from personal.engine.sampler import (IGNORE, adapter_batches, check_examples, collate, pack_rows,
                                      pass_cost, target_count)
 from personal.engine.stacked_lora import (StackedWeights, adapter_rows, get_routing,
                                           load_adapter_state, stacked_parameters)
 from personal.errors import PersonalError
+from personal.models.core import (BestTracker, default_group, lr_factor, squared_distance,
+                                  warmup_steps)
 from personal.models.training import target_losses
 
 AdapterRef = Union[dict, StackedWeights, str, Path]
@@ -42,8 +43,10 @@ class AdapterRun:
     stopped_early: bool = False
     best_step: Optional[int] = None       # step whose weights were kept (None: no validation)
     best_val_loss: Optional[float] = None
-    train_losses: list[float] = field(default_factory=list)   # per step, token-mean
+    train_losses: list[float] = field(default_factory=list)   # per step, weighted sum of terms
     val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
+    term_losses: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    """(step, unweighted value) per loss term: `lm` (token mean), `l2_to_reference`."""
 
 
 @dataclass
@@ -71,10 +74,10 @@ class _State:
     device: torch.device
     pad_token_id: int
     micro_batch_rows: int
+    tracker: Optional[BestTracker] = None
+    param_scale: Optional[list[float]] = None     # lr multiplier per parameter (its group's)
     l2_ref: Optional[dict[str, torch.Tensor]] = None
     l2_lambda: float = 0.0
-    best: dict = field(default_factory=dict)      # k -> state snapshot
-    bad: dict = field(default_factory=dict)       # k -> evaluations without improvement
     examples: int = 0
     tokens: int = 0
 
@@ -86,22 +89,35 @@ def train_stacked(model: nn.Module, datasets: Sequence[Sequence[dict]], cfg: Tra
                   init_from: Optional[AdapterRef] = None, l2_to: Optional[AdapterRef] = None,
                   l2_lambda: float = 0.0, micro_batch_rows: int = 64, pad_token_id: int = 0,
                   on_step: Optional[Callable[[int, list[int]], None]] = None,
-                  ) -> StackedTrainResult:
+                  check_start: bool = False,
+                  group_lr_scale: Optional[dict[str, float]] = None,
+                  group_of: Callable[[str], str] = default_group) -> StackedTrainResult:
     """Train every adapter of the model's stack (LoRA and/or prompt tables) on its dataset.
 
-    cfg: lr (default for all), epochs, max_steps, batch_size (per adapter), warmup_frac,
-      weight_decay, max_grad_norm (per adapter), eval_every (0: once per epoch), patience
-      (0: no early stopping), seed (adapter k's data order: `seed + k` unless `adapter_seeds`).
+    cfg: lr (default for all), epochs, max_steps, min_steps, batch_size (per adapter),
+      warmup_frac, weight_decay, max_grad_norm (per adapter), eval_every (0: once per
+      epoch), patience (0: no early stopping), seed (adapter k's data order: `seed + k`
+      unless `adapter_seeds`). Schedule, step budget, batch order and best-weights tracking
+      are the training core's (`models.core`, `models.training.batch_plan`), so one adapter
+      here trains as `train_lora` trains it.
     lrs: a peak learning rate per adapter. init_from: one adapter state (peft keys or a peft
       folder) copied into every slot, or StackedWeights, one per slot (hybrid strategies).
-    l2_to / l2_lambda: add l2_lambda * ||theta_k - ref||^2 to adapter k's loss (constrained).
+    l2_to / l2_lambda: the `l2_to_reference` term, l2_lambda * ||theta_k - ref||^2, added to
+      adapter k's loss (constrained).
     val_datasets: enables validation, early stopping and keeping each adapter's best weights.
+    check_start: also validate before the first step, so an adapter never ends worse on val
+      than it started (as `train_loop` does); off by default: one more validation pass.
+    group_lr_scale: lr multiplier per parameter group (`group_of` of the state key: lora,
+      prompt, user_vector, ...); the others at 1.
     The model's device is used; adapters with an empty dataset are left untouched.
     """
     st = _setup(model, datasets, cfg, val_datasets, lrs, adapter_seeds, init_from, l2_to,
                 l2_lambda, micro_batch_rows, pad_token_id)
+    st.param_scale = _param_scale(st.params, group_lr_scale, group_of)
     t0 = time.perf_counter()
     was_training = model.training
+    if check_start:
+        _evaluate(st, [k for k in range(len(st.runs)) if _has_val(st, k)])
     step = 0
     while True:
         active = [k for k, run in enumerate(st.runs)
@@ -114,7 +130,7 @@ def train_stacked(model: nn.Module, datasets: Sequence[Sequence[dict]], cfg: Tra
         _evaluate_due(st, active)
         if on_step is not None:
             on_step(step, active)
-    _finish(st)
+    st.tracker.restore()
     model.train(was_training)
     return StackedTrainResult(st.runs, time.perf_counter() - t0, st.examples, st.tokens)
 
@@ -135,7 +151,9 @@ def _setup(model, datasets, cfg, val_datasets, lrs, adapter_seeds, init_from, l2
     if init_from is not None:
         _load_init(model, init_from, k)
     seeds = list(adapter_seeds) if adapter_seeds is not None else [cfg.seed + j for j in range(k)]
-    plans = [adapter_batches(len(d), cfg.batch_size, cfg.epochs, cfg.max_steps, s)
+    plans = [adapter_batches(len(d), cfg.batch_size, cfg.epochs, cfg.max_steps, s,
+                             min_steps=cfg.min_steps,
+                             lengths=[len(ex["input_ids"]) for ex in d])
              for d, s in zip(datasets, seeds)]
     torch.manual_seed(cfg.seed)  # dropout
     tables = prompt_tables(model)
@@ -148,7 +166,32 @@ def _setup(model, datasets, cfg, val_datasets, lrs, adapter_seeds, init_from, l2
                 device, pad_token_id, micro_batch_rows)
     if l2_to is not None and l2_lambda > 0:
         st.l2_ref, st.l2_lambda = _reference(l2_to, params, k, device), float(l2_lambda)
+    st.tracker = BestTracker(st.runs, cfg.patience, lambda j: _snapshot(st, j),
+                             lambda j, weights: _load_slot(st, j, weights))
     return st
+
+
+def _snapshot(st: _State, k: int) -> dict[str, torch.Tensor]:
+    return {key: p[k].detach().clone() for key, p in st.params.items()}
+
+
+@torch.no_grad()
+def _load_slot(st: _State, k: int, weights: dict[str, torch.Tensor]) -> None:
+    for key, value in weights.items():
+        st.params[key][k] = value
+
+
+def _param_scale(params: dict[str, nn.Parameter], group_lr_scale: Optional[dict[str, float]],
+                 group_of: Callable[[str], str]) -> Optional[list[float]]:
+    """Each stacked parameter's lr multiplier, from its group's (None: all 1)."""
+    if not group_lr_scale:
+        return None
+    groups = [group_of(key) for key in params]
+    unknown = sorted(set(group_lr_scale) - set(groups))
+    if unknown:
+        raise PersonalError(f"group_lr_scale names {unknown[0]!r}, a group with no trainable "
+                            f"parameters (groups: {sorted(set(groups))})")
+    return [float(group_lr_scale.get(g, 1.0)) for g in groups]
 
 
 def _load_init(model, init_from: AdapterRef, k: int) -> None:
@@ -198,8 +241,10 @@ def _train_step(st: _State, active: list[int]) -> None:
         st.examples += len(chunk)
         st.tokens += int(batch["attention_mask"].sum())
     idx = torch.tensor(active, device=st.device)
+    l2 = None
     if st.l2_ref is not None:
-        _l2_penalty(st, idx).backward()
+        l2 = _l2_distances(st, idx)
+        (st.l2_lambda * l2.sum()).backward()
     params = list(st.params.values())
     for p in params:
         if p.grad is None:
@@ -208,24 +253,36 @@ def _train_step(st: _State, active: list[int]) -> None:
     lrs = []
     for k in active:
         run = st.runs[k]
-        mult = linear_warmup_decay(run.steps, run.total_steps,
-                                   warmup_steps(run.total_steps, st.cfg.warmup_frac))
+        mult = lr_factor(run.steps, run.total_steps,
+                         warmup_steps(run.total_steps, st.cfg.warmup_frac), "linear")
         lrs.append(st.lrs[k] * mult)
-    st.opt.step(active, lrs)
+    st.opt.step(active, lrs, st.param_scale)
     for p in params:
         p.grad = None
-    for k, loss in zip(active, losses[idx].tolist()):
-        st.runs[k].steps += 1
-        st.runs[k].train_losses.append(loss)
+    _log_step(st, active, losses[idx].tolist(), None if l2 is None else l2.tolist())
 
 
-def _l2_penalty(st: _State, idx: torch.Tensor) -> torch.Tensor:
-    total = torch.zeros((), device=st.device)
-    for key, ref in st.l2_ref.items():
-        theta = st.params[key].index_select(0, idx).float()
-        r = ref.index_select(0, idx) if ref.shape[0] > 1 else ref
-        total = total + (theta - r).pow(2).sum()
-    return st.l2_lambda * total
+def _log_step(st: _State, active: list[int], lm: list[float],
+              l2: Optional[list[float]]) -> None:
+    """Each active adapter's step: its term values and their weighted sum."""
+    for i, k in enumerate(active):
+        run = st.runs[k]
+        run.steps += 1
+        run.term_losses.setdefault("lm", []).append((run.steps, lm[i]))
+        total = lm[i]
+        if l2 is not None:
+            run.term_losses.setdefault("l2_to_reference", []).append((run.steps, l2[i]))
+            total += st.l2_lambda * l2[i]
+        run.train_losses.append(total)
+
+
+def _l2_distances(st: _State, idx: torch.Tensor) -> torch.Tensor:
+    """||theta_k - ref_k||^2 of each active adapter [len(idx)] (the `l2_to_reference` term,
+    `models.core.squared_distance` per slot)."""
+    pairs = ((st.params[key].index_select(0, idx),
+              ref.index_select(0, idx) if ref.shape[0] > 1 else ref)
+             for key, ref in st.l2_ref.items())
+    return squared_distance(pairs, per_slot=True)
 
 
 def _row_losses(model: nn.Module, batch: dict[str, torch.Tensor],
@@ -264,9 +321,13 @@ def validation_losses(model: nn.Module, val_datasets: Sequence[Sequence[dict]],
     return {k: sums[k].item() / counts[k] for k in adapters if counts[k] > 0}
 
 
+def _has_val(st: _State, k: int) -> bool:
+    return st.val_datasets is not None and bool(st.val_datasets[k])
+
+
 def _due(st: _State, k: int) -> bool:
     run = st.runs[k]
-    if st.val_datasets is None or not st.val_datasets[k]:
+    if not _has_val(st, k):
         return False
     every = st.cfg.eval_every
     if every <= 0:  # once per epoch of this adapter
@@ -275,27 +336,14 @@ def _due(st: _State, k: int) -> bool:
 
 
 def _evaluate_due(st: _State, active: list[int]) -> None:
-    due = [k for k in active if _due(st, k)]
-    if not due:
+    _evaluate(st, [k for k in active if _due(st, k)])
+
+
+def _evaluate(st: _State, adapters: list[int]) -> None:
+    """Validate `adapters` in shared passes; the core's tracker keeps bests and stops."""
+    if not adapters:
         return
-    losses = validation_losses(st.model, st.val_datasets, due, st.micro_batch_rows,
+    losses = validation_losses(st.model, st.val_datasets, adapters, st.micro_batch_rows,
                                st.pad_token_id)
     for k, loss in losses.items():
-        run = st.runs[k]
-        run.val_losses.append((run.steps, loss))
-        if run.best_val_loss is None or loss < run.best_val_loss:
-            run.best_val_loss, run.best_step = loss, run.steps
-            st.best[k] = {key: p[k].detach().clone() for key, p in st.params.items()}
-            st.bad[k] = 0
-        else:
-            st.bad[k] = st.bad.get(k, 0) + 1
-            if 0 < st.cfg.patience <= st.bad[k]:
-                run.stopped_early = True  # frozen from now on: no batches, no Adam steps
-
-
-@torch.no_grad()
-def _finish(st: _State) -> None:
-    """Every validated adapter ends on its best weights."""
-    for k, snapshot in st.best.items():
-        for key, value in snapshot.items():
-            st.params[key][k] = value
+        st.tracker.record(k, st.runs[k].steps, loss)  # a stopped adapter gets no more steps

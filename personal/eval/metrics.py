@@ -152,7 +152,7 @@ def numeric_scores(pred: Optional[dict], ref: Optional[dict],
 @register_metric("emb_sim", batched=True)
 def emb_sim(pairs: Sequence[Pair]) -> list[float]:
     """Cosine similarity of all-MiniLM-L6-v2 embeddings (one encoder call for the batch)."""
-    from personal.eval.embed import cosine_pairs
+    from personal.data.embed import cosine_pairs
 
     return [float(x) for x in cosine_pairs([p.prediction for p in pairs],
                                            [p.reference for p in pairs])]

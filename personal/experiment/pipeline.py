@@ -10,13 +10,13 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional
 
-from personal.config import Config, to_dict
+from personal.config import Config
 from personal.experiment.context import Context
 from personal.experiment.runs import Run, stable_hash
-from personal.experiment.units import (eval_inputs, prompt_hash,  # noqa: F401  (re-exported)
-                                       recorded_predictions, strategy_units, trained_hash)
+from personal.experiment.units import (eval_inputs, eval_settings,  # noqa: F401  (re-exported)
+                                       prompt_hash, recorded_predictions, strategy_units,
+                                       trained_hash)
 from personal.strategies.registry import get_strategy, strategy_config
 from personal.strategies.registry import plans as registry_plans
 
@@ -87,7 +87,7 @@ def evaluate_noise_ceiling(ctx: Context) -> dict:
     from personal.eval.metrics import noise_ceiling
 
     examples = ctx.examples(ctx.cfg.eval.split, ctx.eval_personas())
-    inputs = stable_hash("noise_ceiling", ctx.fingerprint, to_dict(ctx.cfg)["eval"],
+    inputs = stable_hash("noise_ceiling", ctx.fingerprint, eval_settings(ctx.cfg),
                          ctx.eval_personas())
 
     def work() -> dict:

@@ -22,10 +22,20 @@ def trained_hash(ctx, name: str, stages_fn=strategy_units) -> str:
     return stable_hash(name, [u.inputs for stage in stages_fn(ctx, name) for u in stage])
 
 
+#: The `eval` fields an evaluation's predictions and scores depend on; the others (bootstrap,
+#: alpha, min_user_score, reference) shape only the report, which is rebuilt every time.
+EVAL_FIELDS = ("split", "numeric_tolerance", "max_users")
+
+
+def eval_settings(cfg) -> dict:
+    d = to_dict(cfg)["eval"]
+    return {k: d[k] for k in EVAL_FIELDS}
+
+
 def eval_inputs(ctx, trained: str) -> str:
-    """Inputs hash of a strategy's evaluation: what it was trained from, data, eval and
-    generation settings, evaluated users."""
-    return stable_hash(trained, ctx.fingerprint, to_dict(ctx.cfg)["eval"],
+    """Inputs hash of a strategy's evaluation: what it was trained from, data, the eval
+    fields it depends on (`EVAL_FIELDS`), generation settings, evaluated users."""
+    return stable_hash(trained, ctx.fingerprint, eval_settings(ctx.cfg),
                        to_dict(ctx.cfg)["generation"], ctx.eval_personas())
 
 

@@ -1,5 +1,6 @@
-"""Training one LoRA adapter (peft) on a list of examples: AdamW, warmup + linear decay,
-gradient clipping, early stopping on validation loss (best weights restored), fixed seed.
+"""Training one LoRA adapter (peft) on a list of examples through the one training core
+(`models.training.train_loop`): AdamW, warmup + linear decay, gradient clipping, early
+stopping on validation loss (best weights restored), fixed seed.
 
     result = train_lora(base, tokenizer, train_examples, val_examples, cfg.lora, cfg.train,
                         out_dir="runs/x/adapters/unified", fmt=PromptFormat.from_config(cfg))
@@ -22,6 +23,7 @@ import torch
 from personal.data.schema import Example
 from personal.errors import PersonalError
 from personal.models.chat import PromptFormat
+from personal.models.core import LossTerm
 from personal.models.training import LoopSettings, seed_everything, train_loop
 
 
@@ -42,6 +44,8 @@ class TrainResult:
     stopped_early: bool
     seconds: float
     adapter_dir: Optional[str] = None
+    term_losses: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    """(step, value) of each loss term (`models.core.LossTerm`), unweighted."""
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the model, for JSON."""
@@ -71,7 +75,8 @@ def train_settings(train_cfg: Any) -> Any:
     return LoopSettings(lr=t.lr, epochs=t.epochs, batch_size=t.batch_size,
                         warmup_frac=t.warmup_frac, weight_decay=t.weight_decay,
                         max_grad_norm=t.max_grad_norm, seed=t.seed, decay="linear",
-                        max_steps=t.max_steps, eval_every=t.eval_every, patience=t.patience)
+                        max_steps=t.max_steps, eval_every=t.eval_every, patience=t.patience,
+                        min_steps=getattr(t, "min_steps", 0))
 
 
 def train_lora(model: torch.nn.Module, tokenizer: Any, train_examples: Sequence[Example],
@@ -79,16 +84,20 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, train_examples: Sequence[
                out_dir: str | Path | None = None, progress: bool = True, *,
                fmt: Optional[PromptFormat] = None,
                start: Optional[Callable[[], peft.PeftModel]] = None,
-               desc: str = "train adapter") -> TrainResult:
+               desc: str = "train adapter", terms: Optional[Sequence[LossTerm]] = None,
+               group_lrs: Optional[dict[str, float]] = None) -> TrainResult:
     """Train one LoRA adapter on `train_examples` (loss on target turns only), early-stopping
     on the loss of `val_examples`. The same seed gives the same adapter on CPU. With
     `out_dir`, save a standard peft adapter folder there (plus training.json). `start`
-    builds the adapter to continue (called after seeding); None attaches a fresh one."""
+    builds the adapter to continue (called after seeding); None attaches a fresh one.
+    `terms`: the loss terms (default: the LM loss alone); `group_lrs`: lr per parameter
+    group (`models.core.default_group`), the others at `train_cfg.lr`."""
     adapted, train, val = prepare_training(model, tokenizer, train_examples, val_examples,
                                            lora_cfg, train_cfg, fmt or _default_format(),
                                            start)
-    loop = train_loop(adapted, train, val, train_settings(train_cfg), pad_id(tokenizer),
-                      progress=progress, desc=desc)
+    settings = dataclasses.replace(train_settings(train_cfg), group_lrs=group_lrs)
+    loop = train_loop(adapted, train, val, settings, pad_id(tokenizer), progress=progress,
+                      desc=desc, terms=terms)
     adapted.eval()
     result = TrainResult(model=adapted, **dataclasses.asdict(loop))
     if out_dir is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from personal.models.generate import generate
+from personal.engine.generate import generate
 from personal.strategies.registry import register_strategy, servable
 from personal.strategies.routes import BASE, fixed_routes
 

@@ -28,8 +28,8 @@ from personal.data.schema import Dataset, Splits
 from personal.errors import PersonalError
 from personal.hashing import stable_hash
 from personal.strategies import unified
-from personal.strategies.common import (fleet_schedule, fleet_unit, routed_predictor,
-                                        schedule, user_groups)
+from personal.strategies.common import (adapter_schedule, fleet_schedule, fleet_unit,
+                                        routed_predictor, user_groups)
 from personal.strategies.fleet import FleetSpec, spec_dict
 from personal.strategies.keys import training_inputs as unit_inputs
 from personal.strategies.registry import Unit, register_strategy, servable
@@ -149,7 +149,7 @@ def turn_embeddings(ds: Dataset, splits: Splits, ids: Sequence[str], turns: int)
     """[users, 384]: each user's mean embedding of up to `turns` assistant turns of their
     training sessions (train; val for cold-start users); NaN for a user with none."""
     from personal.data.splits import training_sessions
-    from personal.eval.embed import embed
+    from personal.data.embed import embed
 
     by_id = ds.by_id()
     picked = []
@@ -401,9 +401,9 @@ def delta_spec(ctx, scfg: ClusterConfig, cluster: str) -> FleetSpec:
     fleet, hence one fleet per cluster)."""
     return FleetSpec(folder=f"{USERS_FOLDER}/{cluster}", init_from=f"{FOLDER}/{cluster}",
                      l2_lambda=scfg.delta_l2_lambda,
-                     train=schedule(ctx, epochs=scfg.delta_epochs, lr=scfg.delta_lr,
-                                    batch_size=scfg.batch_size, eval_every=scfg.eval_every,
-                                    patience=scfg.patience))
+                     train=adapter_schedule(ctx, epochs=scfg.delta_epochs, lr=scfg.delta_lr,
+                                            batch_size=scfg.batch_size,
+                                            eval_every=scfg.eval_every, patience=scfg.patience))
 
 
 def user_delta_unit(ctx, scfg: ClusterConfig, cluster_inputs: str) -> Unit:

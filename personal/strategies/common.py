@@ -32,9 +32,18 @@ def schedule(ctx, **changes) -> TrainConfig:
 SCHEDULE_FIELDS = ("epochs", "lr", "batch_size", "eval_every", "patience")
 
 
+def adapter_schedule(ctx, **changes) -> TrainConfig:
+    """`schedule` for a strategy's own adapters. `train.min_steps` is the floor that gives
+    the unified adapter enough updates on a small dataset; these keep their own epochs
+    (per-user adapters overfit their ~30 dialogues within a few), so their floor is 0 unless
+    `changes` sets one."""
+    return schedule(ctx, **{"min_steps": 0, **changes})
+
+
 def fleet_schedule(ctx, scfg) -> TrainConfig:
-    """`schedule` with the strategy config's own SCHEDULE_FIELDS (those it has and sets)."""
-    return schedule(ctx, **{k: getattr(scfg, k, None) for k in SCHEDULE_FIELDS})
+    """`adapter_schedule` with the strategy config's own SCHEDULE_FIELDS (those it has and
+    sets)."""
+    return adapter_schedule(ctx, **{k: getattr(scfg, k, None) for k in SCHEDULE_FIELDS})
 
 
 def user_groups(ctx, split: str, personas: Optional[Sequence[str]] = None

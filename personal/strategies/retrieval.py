@@ -137,7 +137,7 @@ def memory_vectors(ctx, memory: dict) -> np.ndarray:
     when the index file is there, else embedded (each distinct text once) and written.
     Kept in half precision on disk (17 MB for the default 22k turns) and used as read, so a
     fresh process retrieves exactly what the first one did."""
-    from personal.eval.embed import embed
+    from personal.data.embed import embed
 
     path = index_path(ctx, list(memory))
     texts = memory_texts(memory)
@@ -158,7 +158,7 @@ def index_unit(ctx, name: str, personas: list[str]) -> Unit:
     the evaluated turns into the embedding cache: both retrieval evaluations need them, and
     two lanes running those at once each embedded all 7,540 (~130 s apiece)."""
     def work() -> dict:
-        from personal.eval.embed import embed
+        from personal.data.embed import embed
 
         memory = build_memory(ctx.dataset, ctx.splits, personas)
         vectors = memory_vectors(ctx, memory)
@@ -213,7 +213,7 @@ def token_counter(tokenizer) -> Callable[[list[str]], list[int]]:
 
 def load_retriever(ctx, scfg: RetrievalConfig, personas: list[str]) -> Retriever:
     """The hook over `personas`' memory, with the run's tokenizer counting the budget."""
-    from personal.eval.embed import embed
+    from personal.data.embed import embed
     memory = build_memory(ctx.dataset, ctx.splits, personas)
     vectors = split_rows(memory, memory_vectors(ctx, memory)) if uses_index(scfg) else None
     count = token_counter(ctx.base[1])
@@ -289,7 +289,7 @@ def predictor(ctx, scfg: RetrievalConfig):
     """Both variants: their adapter, prompts carrying each turn's retrieved block."""
     from peft import PeftModel
 
-    from personal.models.generate import generate
+    from personal.engine.generate import generate
     from personal.models.lora import merged_for_inference
 
     trained = isinstance(scfg, RetrievalTrainedConfig)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from peft import PeftModel
 
-from personal.models.generate import generate
+from personal.engine.generate import generate
 from personal.models.lora import merged_for_inference, train_lora
 from personal.strategies.keys import training_inputs as unit_inputs
 from personal.strategies.registry import Unit, register_strategy, servable
