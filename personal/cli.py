@@ -5,15 +5,28 @@ failure. Heavy imports (torch, transformers) happen inside commands so `--help` 
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+# Light modules here; commands import heavy ones (torch, Ray, scipy) inside: `--help` stays fast.
+from personal.config import load_config, set_dotted
+from personal.data.importer import write_import
+from personal.data.io import read_splits, write_dataset, write_splits
+from personal.data.splits import make_splits
+from personal.data.stats import dataset_stats, format_stats
+from personal.data.synth import write_synth
+from personal.data.validate import load_dataset, validate_dataset
 from personal.errors import PersonalError
+from personal.experiment.runs import console_log
+from personal.serving.routing import serve_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Personalize an LLM assistant for many users with few examples each.")
@@ -40,8 +53,6 @@ def data_synth(
                                                 "pretraining the base model)."),
 ) -> None:
     """Simulate users in the EdgeWisePersona layout."""
-    from personal.data.synth import write_synth
-
     if population not in ("eval", "background"):
         raise PersonalError(f"--population must be eval or background, got {population!r}")
     if users < 1 or sessions < 1:
@@ -63,9 +74,6 @@ def data_validate(
                                        "records here as a clean dataset."),
 ) -> None:
     """Check a dataset and print every problem (file, line, field, what was expected)."""
-    from personal.data.io import write_dataset
-    from personal.data.validate import validate_dataset
-
     result = validate_dataset(path)
     for problem in result.problems:
         typer.echo(str(problem), err=True)
@@ -93,8 +101,6 @@ def data_import(
     out: Path = typer.Option(..., "--out", help="Folder to write the canonical layout into."),
 ) -> None:
     """Import the cleaned-dialogues layout + splits file into the canonical layout."""
-    from personal.data.importer import write_import
-
     ds, sp = write_import(dialogues, splits, out)
     n = sum(len(p.sessions) for p in ds.personas)
     typer.echo(f"imported {len(ds.personas)} users, {n} dialogues into {out} "
@@ -112,10 +118,6 @@ def data_split(
     out: Optional[Path] = typer.Option(None, help="Splits file (default PATH/splits.json)."),
 ) -> None:
     """Split each user's sessions, in order, into train/val/test."""
-    from personal.data.io import write_splits
-    from personal.data.splits import make_splits
-    from personal.data.validate import load_dataset
-
     ds = load_dataset(path)
     splits = make_splits(ds, train_frac=train_frac, val_frac=val_frac, cold_start=cold_start,
                          seed=seed)
@@ -137,8 +139,6 @@ def data_stats(
         "turns for the noise ceiling (default: all)."),
 ) -> None:
     """Describe a dataset: counts, turn lengths, device usage, how distinct the users are."""
-    from personal.data.stats import dataset_stats, format_stats
-
     ds, sp = _load_with_splits(path, splits)
     stats = dataset_stats(ds, sp, ceiling_max_turns=max_ceiling_turns)
     if as_json:
@@ -149,10 +149,6 @@ def data_stats(
 
 def _load_with_splits(path: Path, splits: Optional[Path]):
     """The dataset and its splits: the given file, PATH/splits.json, or the default split."""
-    from personal.data.io import read_splits
-    from personal.data.splits import make_splits
-    from personal.data.validate import load_dataset
-
     ds = load_dataset(path)
     target = splits or Path(path) / "splits.json"
     if splits is not None or target.is_file():
@@ -163,22 +159,14 @@ def _load_with_splits(path: Path, splits: Optional[Path]):
 # --- models, training, evaluation, runs ----------------------------------------------------
 
 def _config(config: Optional[Path], overrides: List[str], data: Optional[Path] = None):
-    from personal.config import load_config
-
     cfg = load_config(config, overrides or [])
     if data is not None:
-        from personal.config import set_dotted
-
         cfg = set_dotted(cfg, "data.path", str(data))
     return cfg
 
 
 def _logging(quiet: bool) -> None:
     """Progress on stderr: INFO lines (and progress bars) unless --quiet."""
-    import os
-
-    from personal.experiment.runs import console_log
-
     if quiet:
         os.environ["PERSONAL_QUIET"] = "1"
     console_log(quiet)
@@ -271,8 +259,6 @@ def evaluate(run: Path = typer.Argument(..., help="Run directory made by `person
 
 
 def _run_config(run: Path, overrides: List[str]):
-    from personal.config import load_config
-
     if not (run / "config.yaml").is_file():
         raise PersonalError(f"{run}: not a run directory (no config.yaml)")
     return load_config(run / "config.yaml", overrides or [])
@@ -281,11 +267,11 @@ def _run_config(run: Path, overrides: List[str]):
 @app.command("report", epilog="Example: personal report runs/main")
 def report(run: Path = typer.Argument(..., help="Run directory with evaluated strategies.")) -> None:
     """Write report.md and report.html of a run (the study's table and plots)."""
-    from personal.experiment.pipeline import report_run
+    from personal.experiment.reporting import report_from_run
 
     if not (run / "metrics").is_dir():
         raise PersonalError(f"{run}: not a run directory (no metrics/)")
-    path = report_run(run)
+    path = report_from_run(run)
     typer.echo(f"wrote {path} and {path.with_suffix('.html')}")
 
 
@@ -324,9 +310,6 @@ def run_main(plan: str = typer.Option("phase1", "--plan", help="Which strategies
 def _ray_temp(run: Path) -> str:
     """A short temp folder for the local Ray runtime (Unix socket paths must stay short),
     named after the run so concurrent runs do not share one."""
-    import hashlib
-    import tempfile
-
     tag = hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:8]
     return str(Path(tempfile.gettempdir()) / f"personal-ray-{tag}")
 
@@ -342,11 +325,9 @@ def tune(sweep: Path = typer.Argument(..., help="Sweep file: grid (dotted key: [
                                                "(default: RAY_ADDRESS, else a local runtime)."),
          quiet: bool = QUIET_OPT) -> None:
     """Ray Tune ablation: each grid point a full train + validation evaluation; resumes."""
-    import tempfile
-
     from personal.distributed.runtime import ray_runtime
     from personal.distributed.tune import parse_grid, run_sweep
-    from ray_jobs.sweep import read_sweep_file
+    from ray_jobs.sweep import read_sweep_file  # the entry-point layer, above this package
 
     _logging(quiet)
     spec = read_sweep_file(str(sweep))
@@ -380,7 +361,6 @@ def serve_cmd(run: Path = typer.Argument(..., help="Run directory made by `perso
               overrides: List[str] = OVERRIDES_ARG, quiet: bool = QUIET_OPT) -> None:
     """Serve a finished run over HTTP (Ray Serve): POST /v1/assist, GET /healthz."""
     from personal.distributed.serve import serve_run
-    from personal.serving.routing import serve_config
 
     _logging(quiet)
     scfg = serve_config(strategy=_strategy_name(strategy) if strategy else None,

@@ -23,6 +23,44 @@ class ConfigError(PersonalError, ValueError):
     """A config file or override is wrong; the message names the key and the problem."""
 
 
+# --- Ranges and choices, checked when a section is built (before any work starts) -----------
+
+Rule = tuple[Any, str]  # (predicate on the value, what the value must be)
+
+
+def at_least(lo: float) -> Rule:
+    return (lambda v: v >= lo), f"at least {lo:g}"
+
+
+def positive() -> Rule:
+    return (lambda v: v > 0), "above 0"
+
+
+def fraction(lo_open: bool = False, hi_open: bool = True) -> Rule:
+    def ok(v):
+        return (v > 0 if lo_open else v >= 0) and (v < 1 if hi_open else v <= 1)
+    return ok, f"in {'(' if lo_open else '['}0, 1{')' if hi_open else ']'}"
+
+
+def one_of(*choices: str) -> Rule:
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
+def check_rules(section_cfg: Any, section: str, rules: dict[str, Rule]) -> None:
+    """A ConfigError naming `section.field` for the first value outside its rule (None
+    values, meaning "not set", pass)."""
+    for name, (ok, expected) in rules.items():
+        value = getattr(section_cfg, name)
+        if value is None:
+            continue
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"{section}.{name} must be {expected}, got {value!r}")
+
+
 @dataclass
 class DataConfig:
     """Where the data is and how it is cut into examples."""
@@ -52,6 +90,15 @@ class DataConfig:
     """Users held out of every training split (cold-start users)."""
     history_messages: int = 6
     """How many messages before the target turn the prompt carries (last N)."""
+
+    def __post_init__(self) -> None:
+        check_rules(self, "data", {
+            "users": at_least(1), "sessions": at_least(1), "background_users": at_least(1),
+            "train_frac": fraction(lo_open=True, hi_open=False), "val_frac": fraction(),
+            "cold_start": at_least(0), "history_messages": at_least(0)})
+        if self.train_frac + self.val_frac > 1 + 1e-9:
+            raise ConfigError(f"data.train_frac + data.val_frac must be at most 1, got "
+                              f"{self.train_frac} + {self.val_frac}")
 
 
 @dataclass
@@ -84,6 +131,18 @@ class ModelConfig:
     cache_dir: str = ".cache/personal"
     """Where the pretrained built-in base is cached (by config + data fingerprint)."""
 
+    def __post_init__(self) -> None:
+        check_rules(self, "model", {
+            "dtype": one_of("float32", "bfloat16", "float16"),
+            "device": ((lambda v: v == "cpu" or v == "mps" or v.startswith("cuda")),
+                       "cpu, mps, cuda or cuda:N"),
+            "hidden_size": at_least(1), "num_layers": at_least(1), "num_heads": at_least(1),
+            "intermediate_size": at_least(1), "vocab_size": at_least(260),
+            "max_seq_len": at_least(16)})
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"model.hidden_size ({self.hidden_size}) must be a multiple of "
+                              f"model.num_heads ({self.num_heads})")
+
 
 @dataclass
 class PretrainConfig:
@@ -101,6 +160,10 @@ class PretrainConfig:
     seed: int = 0
     """Seed of initialisation and data order."""
 
+    def __post_init__(self) -> None:
+        check_rules(self, "pretrain", {"epochs": positive(), "lr": positive(),
+                                       "batch_size": at_least(1), "warmup_frac": fraction()})
+
 
 @dataclass
 class LoraConfig:
@@ -115,6 +178,11 @@ class LoraConfig:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     """Names of the linear modules that get an adapter."""
+
+    def __post_init__(self) -> None:
+        check_rules(self, "lora", {
+            "rank": at_least(1), "alpha": positive(), "dropout": fraction(),
+            "target_modules": ((lambda v: len(v) > 0), "a non-empty list of module names")})
 
 
 @dataclass
@@ -158,6 +226,14 @@ class TrainConfig:
     seed: int = 0
     """Seed of initialisation, dropout and data order."""
 
+    def __post_init__(self) -> None:
+        check_rules(self, "train", {
+            "lr": positive(), "epochs": positive(), "max_steps": at_least(0),
+            "min_steps": at_least(0), "batch_size": at_least(1), "warmup_frac": fraction(),
+            "weight_decay": at_least(0), "max_grad_norm": at_least(0),
+            "eval_every": at_least(0), "patience": at_least(0),
+            "max_val_examples": at_least(0)})
+
 
 @dataclass
 class GenerationConfig:
@@ -176,6 +252,11 @@ class GenerationConfig:
     """Nucleus sampling mass (only with do_sample)."""
     seed: int = 0
     """Seed for sampling."""
+
+    def __post_init__(self) -> None:
+        check_rules(self, "generation", {
+            "max_new_tokens": at_least(1), "batch_size": at_least(1),
+            "temperature": positive(), "top_p": fraction(lo_open=True, hi_open=False)})
 
 
 @dataclass
@@ -196,6 +277,13 @@ class EvalConfig:
     """Success criterion: no user's embedding similarity below this."""
     max_users: int = 0
     """Evaluate only the first N users (0: all); for smoke tests."""
+
+    def __post_init__(self) -> None:
+        check_rules(self, "eval", {
+            "split": one_of("train", "val", "test"), "numeric_tolerance": at_least(0),
+            "bootstrap": at_least(0), "alpha": fraction(lo_open=True),
+            "min_user_score": ((lambda v: -1 <= v <= 1), "in [-1, 1] (a cosine)"),
+            "max_users": at_least(0)})
 
 
 @dataclass
@@ -220,6 +308,10 @@ class RayConfig:
     they need have finished (`personal.distributed.lanes`). 1 runs them one after another in
     the driver. Two single-thread lanes do ~1.2x the work of one two-thread process on 2
     cores: a model this small does not keep two threads busy."""
+
+    def __post_init__(self) -> None:
+        check_rules(self, "ray", {"num_workers": at_least(1), "cpus_per_worker": at_least(0),
+                                  "max_failures": at_least(0), "lanes": at_least(1)})
 
 
 @dataclass
@@ -285,7 +377,10 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "config", prefix: 
             kwargs[key] = from_dict(hint, value, where, f"{prefix}{key}.")
         else:
             kwargs[key] = coerce(value, hint, f"{prefix}{key}", where)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # a range or choice check of the section
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -59,3 +59,29 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(None, ["lora.rank=2", "data.cold_start=3"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("override,message", [
+    ("lora.rank=0", "lora.rank must be at least 1, got 0"),
+    ("lora.rank=-1", "lora.rank must be at least 1, got -1"),
+    ("lora.dropout=1.0", "lora.dropout must be in [0, 1), got 1.0"),
+    ("train.batch_size=0", "train.batch_size must be at least 1, got 0"),
+    ("train.lr=0", "train.lr must be above 0, got 0.0"),
+    ("train.min_steps=-5", "train.min_steps must be at least 0, got -5"),
+    ("eval.split=bogus", "eval.split must be one of train, val, test, got 'bogus'"),
+    ("generation.max_new_tokens=0", "generation.max_new_tokens must be at least 1, got 0"),
+    ("data.val_frac=0.5", "data.train_frac + data.val_frac must be at most 1"),
+    ("ray.lanes=0", "ray.lanes must be at least 1, got 0"),
+    ("model.num_heads=5", "model.hidden_size (128) must be a multiple of model.num_heads (5)"),
+])
+def test_a_value_out_of_range_is_refused_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+def test_a_yaml_value_out_of_range_is_refused_too(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("lora:\n  rank: 0\n")
+    with pytest.raises(ConfigError, match="bad.yaml: lora.rank must be at least 1, got 0"):
+        load_config(f)

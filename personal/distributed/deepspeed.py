@@ -19,10 +19,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from personal.distributed.runtime import (config_payload, scaling_config, storage_dir,
+                                          worker_context)
+from personal.distributed.unified import ADAPTER, train_unified
 from personal.errors import PersonalError
 from personal.models.core import EngineStepper, default_collective
 
-ADAPTER = "adapters/unified_lora"
 
 
 def read_zero_config(path: str | Path, train_cfg: Any, world: int) -> dict[str, Any]:
@@ -91,10 +93,7 @@ def deepspeed_worker(config: dict) -> None:
     """Ray Train per-worker function: the unified adapter through the one training loop, its
     steps made by a DeepSpeed engine; the same schedule, validation, early stopping and
     best weights as the default path."""
-    import ray.train
-
-    from personal.distributed.runtime import worker_context
-    from personal.distributed.unified import train_unified
+    import ray.train  # Ray and DeepSpeed only where they run: the module imports without them
 
     ctx = worker_context(config["cfg"], config["run"])
     tc = ray.train.get_context()
@@ -111,8 +110,6 @@ def train_unified_deepspeed_on_ray(ctx, max_failures: int = 1) -> dict:
     """Train the unified adapter with DeepSpeed ZeRO on `cfg.ray.num_workers` GPU workers."""
     from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
-
-    from personal.distributed.runtime import config_payload, scaling_config, storage_dir
 
     zero = str(Path(check_deepspeed(ctx.cfg)).resolve())
     run = ctx.run.path.resolve()

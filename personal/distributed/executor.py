@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from personal.config import Config
+from personal.distributed.fleet import ray_backend
+from personal.distributed.lanes import run_lanes, start_lanes, stop_lanes
+from personal.distributed.runtime import absolute_config, ray_runtime
 from personal.errors import PersonalError
+from personal.experiment.context import Context
 from personal.experiment.pipeline import evaluate_strategy, execute_plan, train_strategy
 from personal.experiment.units import strategy_units
 from personal.strategies.registry import Unit, all_strategies
@@ -44,8 +48,6 @@ def ray_units(ctx) -> dict[str, Callable]:
 def ray_stages(ctx, name: str) -> list[list[Unit]]:
     """The strategy's stages, units with a Ray form swapped in (same names and inputs); the
     context's fleets go to Ray Train too (`Context.fleet_backend`)."""
-    from personal.distributed.fleet import ray_backend
-
     ctx.fleet_backend = ray_backend
     forms = ray_units(ctx)
     stages = strategy_units(ctx, name)
@@ -70,9 +72,6 @@ def run_experiment(cfg: Config, run_path: str | Path, strategies: list[str], *,
     """Train, evaluate and report `strategies` in one run; with `use_ray`, on the Ray
     runtime at `address` / `cfg.ray.address` / RAY_ADDRESS, or a local one started here
     (`num_cpus`, temp files in `temp_dir` or a fresh temp folder). Returns the report path."""
-    from personal.distributed.runtime import absolute_config, ray_runtime
-    from personal.experiment.context import Context
-
     cfg = absolute_config(cfg)
     ctx = Context.create(cfg, run_path)
     if not use_ray:
@@ -81,8 +80,6 @@ def run_experiment(cfg: Config, run_path: str | Path, strategies: list[str], *,
     with ray_runtime(address or cfg.ray.address, num_cpus, temp):
         if cfg.ray.lanes == 1:
             return execute_plan(ctx, strategies, stages_fn=ray_stages)
-        from personal.distributed.lanes import run_lanes, start_lanes, stop_lanes
-
         actors = start_lanes(ctx, cfg.ray.lanes, ray_stages)  # they start while we plan
         try:
             runner = functools.partial(run_lanes, lanes=cfg.ray.lanes, actors=actors)

@@ -10,12 +10,16 @@ the fleet units of every strategy come here without the strategies importing Ray
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Optional, Sequence
 
 import torch
 
 from personal.data.schema import Example
+from personal.distributed import runtime
+from personal.distributed.runtime import (config_payload, prepare_base, scaling_config,
+                                          storage_dir, worker_context, worker_threads)
 from personal.errors import PersonalError
 from personal.hashing import stable_hash
 from personal.strategies.fleet import (FleetSpec, check_fleet, fleet_records,  # noqa: F401
@@ -24,9 +28,7 @@ from personal.strategies.fleet import (FleetSpec, check_fleet, fleet_records,  #
 
 def fleet_worker(config: dict) -> None:
     """Ray Train per-worker function: rebuild the Context, train this worker's shard."""
-    import ray.train
-
-    from personal.distributed.runtime import worker_context
+    import ray.train  # Ray only where it runs: the module imports without it
 
     torch.set_num_threads(int(config.get("threads", 1)))
     ctx = worker_context(config["cfg"], config["run"])
@@ -93,21 +95,15 @@ def ray_buys_parallelism(cfg, workers: int) -> bool:
     runtime trains in one process just as the driver would, after ~30 s of Ray Train
     start-up (a trivial TorchTrainer.fit is ~20 s on 2 cores, plus the worker's imports):
     then the driver trains it itself, with the same result."""
-    import os
-
-    from personal.distributed.runtime import ray_active
-
     on_cluster = bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
-    return ray_active() and (workers > 1 or on_cluster)
+    # looked up on the module, where tests stand in for it
+    return runtime.ray_active() and (workers > 1 or on_cluster)
 
 
 def _fleet_on_ray(ctx, groups, val_groups, split, val_split, workers, adapters_per_call,
                   max_failures, fault, spec) -> None:
     from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
-
-    from personal.distributed.runtime import (config_payload, prepare_base, scaling_config,
-                                              storage_dir, worker_threads)
 
     prepare_base(ctx)
     run = ctx.run.path.resolve()

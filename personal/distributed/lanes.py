@@ -25,8 +25,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
 
-from personal.errors import PersonalError
+import torch
 
+from personal.data.embed import share_embeddings
+from personal.distributed.runtime import allocator_env, config_payload, worker_context
+from personal.errors import PersonalError
+from personal.experiment import pipeline
+from personal.experiment.progress import expected_seconds
+from personal.experiment.runs import _attach_log, console_log
+
+# Ray is imported inside the functions that use it: this module imports without Ray.
 log = logging.getLogger("personal")
 
 BASE = "base/prepare"
@@ -124,8 +132,6 @@ def start_lanes(ctx, lanes: int, stages_fn: Callable) -> list:
     """`lanes` lane actors, started now. Their start (a process each, torch imported, the
     data loaded: ~14 s here) runs while the driver still simulates the background users and
     hashes the plan's units, instead of after."""
-    from personal.distributed.runtime import allocator_env, config_payload
-
     if lanes < 1:
         raise PersonalError(f"ray.lanes={lanes}: need at least one lane")
     threads = lane_threads(lanes)
@@ -151,8 +157,6 @@ def run_lanes(ctx, strategies: list[str], stages_fn: Callable, progress, *,
     PlanProgress) hears of every start and end. A failing unit stops the plan with its own
     error. The lanes are stopped at the end."""
     import ray
-
-    from personal.experiment.progress import expected_seconds
 
     actors = start_lanes(ctx, lanes, stages_fn) if actors is None else list(actors)
     try:
@@ -203,12 +207,6 @@ def _lane_class():
         """A process that runs units of one plan, one at a time, on the run's directory."""
 
         def __init__(self, payload: dict, run_path: str, threads: int, stages_fn: Callable):
-            import torch
-
-            from personal.distributed.runtime import worker_context
-            from personal.data.embed import share_embeddings
-            from personal.experiment.runs import _attach_log, console_log
-
             torch.set_num_threads(threads)
             console_log(os.environ.get("PERSONAL_QUIET") == "1")
             self.ctx = worker_context(payload, run_path)
@@ -240,8 +238,6 @@ class _UnitRecorder:
 def run_node(ctx, name: str, kind: str, strategy: Optional[str],
              stages_fn: Callable) -> tuple[float, bool]:
     """Run one unit of the plan in this process; returns (seconds, skipped)."""
-    from personal.experiment import pipeline
-
     recorder = ctx.run.progress = _UnitRecorder()
     if kind == "base":
         ctx.pretrain = True

@@ -13,11 +13,20 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import torch
+
 from personal.config import Config, from_dict, to_dict
+from personal.data.validate import load_dataset
 from personal.errors import PersonalError
+from personal.experiment.context import Context, data_fingerprint, ensure_population, load_splits
+from personal.experiment.runs import Run
+
+# Ray itself is imported inside the functions that use it: the core imports and tests without it.
 
 log = logging.getLogger("personal")
 
@@ -54,11 +63,6 @@ def config_from_payload(payload: dict[str, Any]) -> Config:
 def worker_context(payload: dict[str, Any], run_path: str | Path):
     """The run's Context rebuilt on a worker from (config dict, run path), without reopening
     the run (no provenance rewrite, no log handler): the driver already did both."""
-    from personal.data.validate import load_dataset
-    from personal.experiment.context import (Context, data_fingerprint, ensure_population,
-                                             load_splits)
-    from personal.experiment.runs import Run
-
     cfg = config_from_payload(payload)
     data_path = ensure_population(cfg.data.path, cfg, "eval")
     ds = load_dataset(data_path)
@@ -86,8 +90,6 @@ def worker_threads(cfg: Config, num_workers: int) -> int:
     runtime (no address) the caller's torch threads shared among the workers, so a laptop's
     one default worker is not held to a single core while the driver waits, and a lane
     (one thread of two cores) does not start a worker that competes with the other lane."""
-    import torch
-
     local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     if local:
         return max(cfg.ray.cpus_per_worker, torch.get_num_threads() // max(1, num_workers))
@@ -129,8 +131,6 @@ def allocator_env() -> dict[str, str]:
 
 def ray_active() -> bool:
     """True when this process is connected to a Ray runtime (the Ray executor is running)."""
-    import sys
-
     return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
@@ -172,8 +172,6 @@ def ray_runtime(address: Optional[str] = None, num_cpus: Optional[int] = None,
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now."""
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

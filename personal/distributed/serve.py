@@ -29,9 +29,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from ray import serve
+import torch
 
 from personal import __version__
+from personal.config import load_config
+from personal.distributed.runtime import config_payload, ray_runtime, worker_context
+from personal.engine import (generate_routed, import_peft, inject_from_peft, inject_stacked_lora,
+                             load_adapter_state)
 from personal.errors import PersonalError
+from personal.eval.parser import parse_actions
 from personal.experiment.pipeline import strategy_units, trained_strategies
 from personal.serving.routing import (AdapterSlots, AssistRequest, RequestError, Route,
                                       RouteTable, ServeConfig, batch_groups, check_host,
@@ -47,8 +53,6 @@ APP_NAME = "personal"
 def stack_model(ctx, run_path: Path, folders: Sequence[str], size: int):
     """The run's base model (not a copy: the generator holds it once) with a `size`-slot stack
     shaped like the first adapter; a run without adapters (base) gets one unused slot."""
-    from personal.engine import inject_from_peft, inject_stacked_lora
-
     model = ctx.base[0]
     if not folders:
         lora = ctx.cfg.lora
@@ -64,10 +68,6 @@ class AdapterGenerator:
 
     def __init__(self, payload: dict, run_path: str | Path, folders: Sequence[str],
                  scfg: ServeConfig):
-        import torch
-
-        from personal.distributed.runtime import worker_context
-
         torch.set_num_threads(scfg.torch_threads)
         ctx = worker_context(payload, run_path)
         if ctx.cfg.generation.do_sample:
@@ -117,8 +117,6 @@ class AdapterGenerator:
         return ids
 
     def _pass(self, prompts: list[list[int]], routes: list[Route]) -> list[str]:
-        from personal.engine import generate_routed
-
         self.counts["passes"] += 1
         needed = [f for r in routes for f in r.folders]
         outside = sorted(set(needed) - self.allowed)
@@ -144,8 +142,6 @@ class AdapterGenerator:
         return rows
 
     def _load(self, folder: str, slot: int) -> None:
-        from personal.engine import import_peft, load_adapter_state
-
         try:
             load_adapter_state(self.model, slot, import_peft([self.run_path / folder]).adapter(0))
         except Exception:
@@ -248,8 +244,6 @@ class Router:
             return _error(503, f"generator unavailable ({type(err).__name__}); retry")
         if "error" in result:
             return _error(422, result["error"], result.get("field"))
-        from personal.eval.parser import parse_actions
-
         return {"text": result["text"], "actions": parse_actions(result["text"]),
                 "adapter": route.label, "latency_ms": (time.perf_counter() - start) * 1000}
 
@@ -268,8 +262,6 @@ class Router:
 
 def run_config(run_path: Path, overrides: Sequence[str] = ()):
     """The run's resolved config (config.yaml), with dotted overrides."""
-    from personal.config import load_config
-
     if not (run_path / "config.yaml").is_file():
         raise PersonalError(f"{run_path}: not a run directory (no config.yaml)")
     return load_config(run_path / "config.yaml", list(overrides))
@@ -296,8 +288,6 @@ def served_strategy(ctx, name: Optional[str]) -> str:
 def build_app(run_path: str | Path, scfg: ServeConfig, overrides: Sequence[str] = ()):
     """The bound app (router -> generator) of a finished run; checks everything it can
     before Ray starts (strategy, adapters on disk, settings)."""
-    from personal.distributed.runtime import config_payload, worker_context
-
     scfg.check()
     run = Path(run_path).resolve()
     cfg = run_config(run, overrides)
@@ -334,8 +324,6 @@ def serve_run(run_path: str | Path, scfg: ServeConfig, host: str = "127.0.0.1",
     """Serve a run until interrupted (or, with `wait=False` on a cluster, deploy and return:
     the app keeps running there). A local runtime is shut down on exit; on a cluster only
     this app is deleted."""
-    from personal.distributed.runtime import ray_runtime
-
     check_host(host, allow_remote)
     app = build_app(run_path, scfg, overrides)
     on_cluster = bool(address or os.environ.get("RAY_ADDRESS"))

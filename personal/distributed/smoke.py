@@ -13,7 +13,13 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from personal.config import Config, apply_override
+from personal.data.synth import write_synth
+from personal.data.validate import load_dataset
+from personal.models.base import build_tiny
+from personal.models.tokenizer import train_tokenizer
 
 SMOKE_MODEL = ("model.hidden_size=32", "model.num_layers=2", "model.num_heads=4",
                "model.intermediate_size=64", "model.vocab_size=512", "model.max_seq_len=256")
@@ -27,11 +33,6 @@ def write_tiny_base(out: str | Path, texts: Sequence[str], cfg: Config, seed: in
     """A random tiny Llama + byte-level BPE tokenizer (with chat template) saved in `out`.
     Embeddings get a wider init than 0.02 so the tied output head is not flat (a flat frozen
     head is something no adapter can sharpen)."""
-    import torch
-
-    from personal.models.base import build_tiny
-    from personal.models.tokenizer import train_tokenizer
-
     out = Path(out)
     if (out / "config.json").is_file():
         return out
@@ -50,8 +51,6 @@ def smoke_config(root: str | Path, users: int = 4, sessions: int = 6, seed: int 
                  overrides: Sequence[str] = ()) -> Config:
     """Config of a smoke world under `root`: simulated data in `root/data`, a tiny random base
     in `root/base`, a few training steps; `overrides` (dotted) are applied last."""
-    from personal.data.synth import write_synth
-
     root = Path(root).resolve()
     cfg = Config()
     for item in (f"data.path={root / 'data'}", f"data.users={users}",
@@ -61,8 +60,6 @@ def smoke_config(root: str | Path, users: int = 4, sessions: int = 6, seed: int 
     data = root / "data"
     if not (data / "sessions.jsonl").is_file():
         write_synth(data, users=users, sessions=sessions, seed=seed)
-    from personal.data.validate import load_dataset
-
     ds = load_dataset(data)
     texts = [m.text for p in ds.personas for s in p.sessions for m in s.messages]
     base = write_tiny_base(root / "base", texts, cfg, seed=seed)

@@ -17,14 +17,24 @@ import csv
 import itertools
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import torch
 import yaml
 
 from personal.config import Config, ConfigError, set_dotted
+from personal.distributed.executor import train_and_evaluate
+from personal.distributed.runtime import (config_from_payload, config_payload, prepare_base,
+                                          storage_dir, worker_context)
 from personal.errors import PersonalError
-from personal.experiment.runs import stable_hash
+from personal.eval.report import write_report
+from personal.experiment.context import Context
+from personal.experiment.pipeline import strategy_units
+from personal.experiment.runs import _safe, stable_hash
+
+# Ray Tune is imported inside the functions that use it: this module imports without Ray.
 
 
 def parse_grid(items: Sequence[str], cfg: Optional[Config] = None) -> dict[str, list]:
@@ -77,12 +87,7 @@ def trial_resources(cfg: Config, gpu_per_trial: float = 0.0) -> dict[str, float]
 
 def sweep_trial(config: dict) -> None:
     """Tune function trainable: train + evaluate one trial, report its macro metrics."""
-    import torch
     from ray import tune
-
-    from personal.distributed.executor import train_and_evaluate
-    from personal.distributed.runtime import config_from_payload
-    from personal.experiment.context import Context
 
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     params = {k: config[f"p{i}"] for i, k in enumerate(config["keys"])}
@@ -110,12 +115,6 @@ def share_upstream(cfg: Config, root: str | Path, grid: dict[str, list],
     the unified adapter a retrieval or cluster sweep starts from) and copy their records and
     outputs into every trial's run, where they are then skipped. Stops at the first unit the
     trials do not share (later units may depend on it). Returns the shared unit names."""
-    import shutil
-
-    from personal.experiment.context import Context
-    from personal.experiment.pipeline import strategy_units
-    from personal.experiment.runs import _safe
-
     points = grid_points(grid)
     if len(points) < 2:
         return []
@@ -154,9 +153,6 @@ def run_sweep(cfg: Config, run_path: str | Path, grid: dict[str, list], *,
     """Run (or resume) the grid; write `sweep/results.csv|json` and `sweep/report.md|html`
     into the run; returns {"rows", "table", "report"}. Needs an initialised Ray."""
     from ray import tune
-
-    from personal.distributed.runtime import (config_payload, prepare_base, storage_dir,
-                                              worker_context)
 
     if not grid:
         raise PersonalError("run_sweep: empty grid (give key=[v1,v2,...] items)")
@@ -212,8 +208,6 @@ def ablation_points(rows: list[dict], keys: list[str], metric: str) -> dict[str,
 
 def write_results(out: Path, rows: list[dict], keys: list[str], metric: str) -> dict[str, str]:
     """One table (CSV + JSON) and a report with the ablation curves."""
-    from personal.eval.report import write_report
-
     out.mkdir(parents=True, exist_ok=True)
     columns = keys + ["trial"] + sorted({c for r in rows for c in r} - set(keys) - {"trial"})
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:

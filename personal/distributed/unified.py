@@ -24,13 +24,15 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from personal.distributed.runtime import (config_payload, prepare_base, scaling_config,
+                                          storage_dir, worker_context, worker_threads)
 from personal.errors import PersonalError
 from personal.models.core import Collective, default_collective
 from personal.models.lora import (TrainResult, pad_id, prepare_training, save_adapter,
                                   train_settings)
 from personal.models.training import train_loop
+from personal.strategies.unified import ADAPTER, training_inputs
 
-ADAPTER = "adapters/unified_lora"
 CHECKPOINT_FILE = "state.pt"
 
 
@@ -87,9 +89,7 @@ def train_unified(ctx, coll: Optional[Collective] = None, resume: Optional[dict]
 def unified_worker(config: dict) -> None:
     """Ray Train per-worker function: rebuild the Context, resume from the latest checkpoint,
     train this worker's share, report checkpoints at every validation check."""
-    import ray.train
-
-    from personal.distributed.runtime import worker_context
+    import ray.train  # Ray only where it runs: the module imports without it
 
     torch.set_num_threads(int(config.get("threads", 1)))
     ctx = worker_context(config["cfg"], config["run"])
@@ -119,10 +119,6 @@ def train_unified_on_ray(ctx, max_failures: int = 2) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    from personal.distributed.runtime import (config_payload, prepare_base, scaling_config,
-                                              storage_dir, worker_threads)
-    from personal.strategies.unified import training_inputs
-
     prepare_base(ctx)
     workers = ctx.cfg.ray.num_workers
     run = ctx.run.path.resolve()
@@ -145,6 +141,7 @@ def train_unified_on_ray(ctx, max_failures: int = 2) -> dict:
 def ray_form(ctx) -> Callable[[], dict]:
     """The Ray form of the `train/unified_lora` unit (the unified strategy's `ray_forms`):
     data-parallel Ray Train, or DeepSpeed ZeRO when `ray.deepspeed` names a config."""
+    # a cycle at import time: distributed.deepspeed imports this module
     from personal.distributed.deepspeed import train_unified_deepspeed_on_ray, uses_deepspeed
 
     if uses_deepspeed(ctx.cfg):

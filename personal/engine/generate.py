@@ -15,6 +15,7 @@ import torch
 import transformers
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import StaticCache
 
 from personal.config import Config
 from personal.data.schema import Example
@@ -24,7 +25,8 @@ from personal.errors import PersonalError
 from personal.models.chat import PromptFormat, stop_ids
 from personal.models.generate import Prompt, decode_new, generation_config, prompt_ids
 from personal.models.last_layer import keys_and_values_only, last_llama_layer
-from personal.models.training import collate, unwrapped
+from personal.models.core import unwrapped
+from personal.models.training import collate
 
 
 @torch.no_grad()
@@ -155,8 +157,6 @@ def _static_cache(model, length: int):
     one (then the model makes its own). A growing cache concatenates every layer's keys and
     values at each new token: with 256 rows of ~200 tokens that copying was a third of the
     decoding time on CPU."""
-    from transformers import StaticCache
-
     config = getattr(model, "config", None)
     try:
         return None if config is None else StaticCache(config=config, max_cache_len=length)

@@ -16,7 +16,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from personal.engine.stacked_lora import StackedWeights, adapter_state, get_routing
+from personal.engine.prompts import attach_prompts
+from personal.engine.stacked_lora import (StackedWeights, adapter_state, get_routing,
+                                          inject_stacked_lora, load_stacked_weights)
 from personal.errors import PersonalError
 
 CONFIG_FILE = "adapter_config.json"
@@ -27,7 +29,7 @@ PROMPTS_FILE = "personal_prompts.safetensors"
 def export_peft(model: nn.Module, k: int, out_dir: Union[str, Path],
                 base_model_name_or_path: Optional[str] = None) -> Path:
     """Write adapter k of the model's stack as a peft LoRA folder; returns the folder."""
-    from peft import LoraConfig
+    from peft import LoraConfig  # peft loads here only (~2 s); the engine needs it nowhere else
 
     spec = getattr(model, "_stacked_lora_spec", None)
     if spec is None:
@@ -102,9 +104,6 @@ def inject_from_peft(model: nn.Module, dirs: Sequence[Union[str, Path]],
                      dropout: float = 0.0) -> nn.Module:
     """Inject a stack shaped like the peft folders into `model` and load them (adapter k =
     dirs[k]). Prompt tables saved beside an export are attached and loaded too."""
-    from personal.engine.prompts import attach_prompts
-    from personal.engine.stacked_lora import inject_stacked_lora, load_stacked_weights
-
     weights = import_peft(dirs)
     inject_stacked_lora(model, weights.num_adapters, weights.rank, weights.alpha, dropout,
                         weights.target_modules)

@@ -7,6 +7,7 @@ import torch
 def tiny_llama(seed: int = 0, vocab_size: int = 96, hidden_size: int = 32, num_layers: int = 2,
                num_heads: int = 4, intermediate_size: int = 64, dtype=torch.float32):
     """A randomly initialised LlamaForCausalLM; the same seed gives the same weights."""
+    # Loads transformers' Llama modules (~2 s) only when a tiny model is made.
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size,

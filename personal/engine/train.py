@@ -21,6 +21,7 @@ from torch import nn
 
 from personal.config import TrainConfig
 from personal.engine.optim import StackedAdamW, clip_per_adapter
+from personal.engine.peft_io import import_peft
 from personal.engine.prompts import build_inputs, prompt_tables
 from personal.engine.sampler import (IGNORE, adapter_batches, check_examples, collate, pack_rows,
                                      pass_cost, target_count)
@@ -206,7 +207,6 @@ def _load_init(model, init_from: AdapterRef, k: int) -> None:
 
 def _as_state(ref: AdapterRef) -> dict[str, torch.Tensor]:
     if isinstance(ref, (str, Path)):
-        from personal.engine.peft_io import import_peft
         return import_peft([ref]).adapter(0)
     return ref
 

@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from personal.data.embed import cosine_pairs
 from personal.data.schema import DEVICES, IntParam
 from personal.eval.parser import Actions, clean_actions, parse_actions
 
@@ -152,15 +153,13 @@ def numeric_scores(pred: Optional[dict], ref: Optional[dict],
 @register_metric("emb_sim", batched=True)
 def emb_sim(pairs: Sequence[Pair]) -> list[float]:
     """Cosine similarity of all-MiniLM-L6-v2 embeddings (one encoder call for the batch)."""
-    from personal.data.embed import cosine_pairs
-
     return [float(x) for x in cosine_pairs([p.prediction for p in pairs],
                                            [p.reference for p in pairs])]
 
 
 @lru_cache(maxsize=1)
 def _rouge():
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # heavy (nltk, ~1 s): loaded on first use only
 
     return rouge_scorer.RougeScorer(["rougeL"])
 

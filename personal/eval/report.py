@@ -140,7 +140,8 @@ def _png(fig) -> str:
 
 
 def _grid(n: int, width: float = 4.0, height: float = 3.2):
-    from matplotlib.figure import Figure  # no pyplot: no global backend or state
+    # matplotlib (heavy) loads only when a report is drawn; no pyplot: no global backend or state
+    from matplotlib.figure import Figure
 
     cols = min(n, 3)
     rows = math.ceil(n / cols)

@@ -14,10 +14,18 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from personal.config import Config
+from personal.data.examples import build_examples
+from personal.data.io import read_splits, write_splits
 from personal.data.schema import Dataset, Example, Splits
+from personal.data.splits import make_splits
+from personal.data.synth import write_synth
+from personal.data.validate import load_dataset
 from personal.errors import PersonalError
 from personal.experiment.runs import Run, files_fingerprint
 from personal.experiment.units import recorded_predictions
+from personal.models.base import cache_key, load_base
+from personal.models.base import data_fingerprint as background_fingerprint
+from personal.models.chat import PromptFormat
 
 log = logging.getLogger("personal")
 
@@ -33,8 +41,6 @@ def ensure_population(path: str | Path, cfg: Config, population: str) -> Path:
         raise PersonalError(f"{path}: not a dataset folder (no sessions.jsonl)")
     if not cfg.data.simulate:
         raise PersonalError(f"{path}: data folder not found (data.simulate=false)")
-    from personal.data.synth import write_synth
-
     users = cfg.data.users if population == "eval" else cfg.data.background_users
     log.warning("%s not found: simulating %d %s users x %d sessions (seed %d) into it",
                 path, users, population, cfg.data.sessions, cfg.data.seed)
@@ -45,9 +51,6 @@ def ensure_population(path: str | Path, cfg: Config, population: str) -> Path:
 
 def load_splits(cfg: Config, ds: Dataset, data_path: Path) -> tuple[Splits, Path]:
     """The configured splits file, else `<data>/splits.json` (made from the config if missing)."""
-    from personal.data.io import read_splits, write_splits
-    from personal.data.splits import make_splits
-
     target = Path(cfg.data.splits) if cfg.data.splits else data_path / "splits.json"
     if target.is_file():
         return read_splits(target, ds), target
@@ -84,8 +87,6 @@ class Context:
 
     @classmethod
     def create(cls, cfg: Config, run_path: str | Path) -> "Context":
-        from personal.data.validate import load_dataset
-
         data_path = ensure_population(cfg.data.path, cfg, "eval")
         ds = load_dataset(data_path)
         splits, splits_path = load_splits(cfg, ds, data_path)
@@ -94,8 +95,6 @@ class Context:
 
     def examples(self, split: str, personas: Optional[list[str]] = None) -> list[Example]:
         """Examples of one split (cached), optionally for some personas only."""
-        from personal.data.examples import build_examples
-
         if split not in self._examples:
             self._examples[split] = build_examples(
                 self.dataset, self.splits, split=split,
@@ -117,8 +116,6 @@ class Context:
     @cached_property
     def base(self) -> tuple[Any, Any]:
         """(model, tokenizer) of the base, pretraining the built-in one if not cached."""
-        from personal.models.base import load_base
-
         background = None
         if self.cfg.model.base == "tiny":
             # the folder, not a loaded Dataset: a cache hit then costs one hash of its bytes
@@ -137,10 +134,8 @@ class Context:
             base = Path(self.cfg.model.base)
             name = str(base.resolve()) if base.exists() else self.cfg.model.base
             return f"{name}|{self.cfg.model.dtype}"
-        from personal.models.base import cache_key, data_fingerprint
-
         bg = ensure_population(self.cfg.data.background_path, self.cfg, "background")
-        return f"tiny-{cache_key(self.cfg, data_fingerprint(bg))}"
+        return f"tiny-{cache_key(self.cfg, background_fingerprint(bg))}"
 
     def training_personas(self) -> list[str]:
         """Users whose data may be trained on or early-stopped on (not cold-start users)."""
@@ -148,8 +143,6 @@ class Context:
 
     def prompt_format(self, extra_context=None):
         """The run's one chat format (history length, max length, optional character)."""
-        from personal.models.chat import PromptFormat
-
         return PromptFormat.from_config(self.cfg, self.characters(), extra_context)
 
     def recorded_predictions(self, name: str, examples: list[Example]) -> Optional[list[str]]:

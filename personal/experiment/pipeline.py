@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 
 from personal.config import Config
+from personal.eval.metrics import macro_mean, noise_ceiling, per_user_means, score_examples
 from personal.experiment.context import Context
+from personal.experiment.progress import attach, format_seconds
+from personal.experiment.reporting import report_from_run
 from personal.experiment.runs import Run, stable_hash
 from personal.experiment.units import (eval_inputs, eval_settings,  # noqa: F401  (re-exported)
                                        prompt_hash, recorded_predictions, strategy_units,
@@ -84,8 +87,6 @@ def prepare_base(ctx: Context) -> dict:
 
 def evaluate_noise_ceiling(ctx: Context) -> dict:
     """Reference vs `alt_text` on the evaluated turns: the best a text metric can expect."""
-    from personal.eval.metrics import noise_ceiling
-
     examples = ctx.examples(ctx.cfg.eval.split, ctx.eval_personas())
     inputs = stable_hash("noise_ceiling", ctx.fingerprint, eval_settings(ctx.cfg),
                          ctx.eval_personas())
@@ -105,8 +106,6 @@ def evaluate_noise_ceiling(ctx: Context) -> dict:
 
 def write_evaluation(ctx: Context, name: str, examples, predictions, gen_seconds: float) -> dict:
     """Score predictions; write per-example records, per-user means (CSV + JSON), summary."""
-    from personal.eval.metrics import macro_mean, per_user_means, score_examples
-
     scores = score_examples(predictions, [e.target for e in examples],
                             [e.actions for e in examples],
                             tolerance=ctx.cfg.eval.numeric_tolerance)
@@ -161,8 +160,6 @@ def execute_plan(ctx: Context, strategies: list[str], stages_fn=strategy_units,
     """Run the plan's units with `runner(ctx, strategies, stages_fn, progress)` (default: in
     order; the Ray executor's lanes run them concurrently) with a progress line per unit
     (stage, elapsed, ETA); writes timings and the report and returns the report's path."""
-    from personal.experiment.progress import attach, format_seconds
-
     progress = attach(ctx.run, plan_units(ctx, strategies, stages_fn), lanes)
     record_strategies(ctx, strategies)
     runner(ctx, strategies, stages_fn, progress)
@@ -181,6 +178,4 @@ def run_plan(cfg: Config, run_path: str | Path, strategies: list[str]) -> Path:
 
 def report_run(run_path: str | Path) -> Path:
     """Write report.md / report.html of a run from its metrics files."""
-    from personal.experiment.reporting import report_from_run
-
     return report_from_run(Path(run_path))

@@ -6,6 +6,9 @@ from typing import Optional
 
 from personal.config import load_config
 from personal.errors import PersonalError
+from personal.eval.report import write_report
+from personal.eval.statistics import compare, rows_as_records
+from personal.experiment.progress import format_seconds
 from personal.experiment.runs import Run
 
 
@@ -26,9 +29,6 @@ def collect_metrics(run: Run) -> tuple[dict, dict]:
 def report_from_run(run_path: Path) -> Path:
     """Compare every strategy with the reference (eval.reference, else the first one),
     write comparisons.json/csv and the report; returns the path of report.md."""
-    from personal.eval.report import write_report
-    from personal.eval.statistics import compare, rows_as_records
-
     run = Run(run_path)
     cfg = load_config(run.path / "config.yaml")
     summary, per_user = collect_metrics(run)
@@ -56,8 +56,6 @@ def report_from_run(run_path: Path) -> Path:
 def plan_time_lines(plan: Optional[dict]) -> list[str]:
     """The last `personal run`'s wall time; in lanes, units ran side by side, so it is less
     than the sum of its units' times."""
-    from personal.experiment.progress import format_seconds
-
     if not plan or "total_seconds" not in plan:
         return []
     lanes, units = plan.get("lanes", 1), sum(plan.get("units", {}).values())

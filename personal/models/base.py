@@ -20,6 +20,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llam
                           PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 from transformers.utils import logging as hf_logging
 
+from personal.data.io import FILES, write_dataset
 from personal.data.schema import Dataset, Example
 from personal.errors import PersonalError
 from personal.models.tokenizer import end_of_turn_ids
@@ -104,8 +105,6 @@ def set_generation_defaults(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
 # --- Fingerprints and the cache ------------------------------------------------------------------
 
 def _hash_files(path: Path) -> str:
-    from personal.data.io import FILES
-
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
         raise PersonalError(f"{path}: no background data here (missing {', '.join(missing)}); "
@@ -123,8 +122,6 @@ def data_fingerprint(data: Background) -> str:
     if isinstance(data, (str, Path)):
         return _hash_files(Path(data))
     if isinstance(data, Dataset):
-        from personal.data.io import write_dataset
-
         with tempfile.TemporaryDirectory() as tmp:
             write_dataset(data, tmp)
             return _hash_files(Path(tmp))
@@ -183,7 +180,7 @@ def load_base(cfg: Any, background: Background | None = None, allow_pretrain: bo
             raise PersonalError(f"the built-in base for this config and background data is not "
                                 f"pretrained yet (no cache at {path}); run `personal base "
                                 f"pretrain` first")
-        from personal.models.pretrain import pretrain_base
+        from personal.models.pretrain import pretrain_base  # a cycle: pretrain imports base
 
         path = pretrain_base(cfg, data, progress=progress)
     return load_saved(path, cfg)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from personal.errors import PersonalError
@@ -38,8 +39,6 @@ class TorchCollective(Collective):
     """torch.distributed all-reduce over the process group (Ray Train sets it up)."""
 
     def __init__(self) -> None:
-        import torch.distributed as dist
-
         self.dist = dist
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         # NCCL reduces CUDA tensors only; the loop's counters and CPU gradients go via the GPU.
@@ -57,8 +56,6 @@ class TorchCollective(Collective):
 
 def default_collective() -> Collective:
     """A `TorchCollective` when a process group of more than one worker is up, else one worker."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return TorchCollective()
     return Collective()
@@ -228,6 +225,14 @@ def auxiliary_term(name: str, weight: float,
     """The hook for any other term (an auxiliary head, a router's balance loss): `fn(model,
     batch)` returns the term's batch mean; data-parallel workers average it."""
     return LossTerm(name, weight, lambda model, batch: (fn(model, batch), 1.0))
+
+
+# --- Models -------------------------------------------------------------------------------
+
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (whose forward takes **kwargs and hands
+    them on), else `model` itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 # --- Parameter groups -----------------------------------------------------------------------

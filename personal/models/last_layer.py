@@ -21,6 +21,8 @@ from typing import Iterator, Optional
 
 import torch
 
+from personal.models.core import unwrapped
+
 #: A loss keeps the trimmed path while its rows' target positions are at most this share of
 #: the columns (the gathers and the ragged attention cost a little).
 TRIM_SHARE = 0.8
@@ -29,8 +31,8 @@ TRIM_SHARE = 0.8
 def last_llama_layer(model) -> Optional[torch.nn.Module]:
     """The last decoder layer of a transformers Llama model (also under a peft wrapper or
     with stacked LoRA / prompt tables), else None."""
-    from personal.models.training import unwrapped
-
+    # transformers' Llama modules load here, not at import (~2 s; loaded anyway once a Llama
+    # model exists), and the same below.
     try:
         from transformers.models.llama import modeling_llama
     except ImportError:  # pragma: no cover

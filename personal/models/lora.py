@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 import peft
 import torch
 
+from personal.config import Config
 from personal.data.schema import Example
 from personal.errors import PersonalError
 from personal.models.chat import PromptFormat
@@ -157,6 +158,4 @@ def pad_id(tokenizer: Any) -> int:
 
 def _default_format() -> PromptFormat:
     # The config's defaults are the single source: no second copy of them here.
-    from personal.config import Config
-
     return PromptFormat.from_config(Config())

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from personal.data.schema import Dataset, Example, Message, Meta
+from personal.data.validate import load_dataset
 from personal.errors import PersonalError
 from personal.models.base import (FORMAT_VERSION, build_tiny, cache_path, data_fingerprint,
                                   is_cached, quiet_hf, resolve_device)
@@ -77,8 +78,6 @@ def pretrain_base(cfg: Any, background: Dataset | Sequence[Example] | str | Path
         log.info("built-in base already cached at %s", final)
         return final
     if isinstance(background, (str, Path)):
-        from personal.data.validate import load_dataset
-
         background = load_dataset(background)
     empty = not background.personas if isinstance(background, Dataset) else not background
     if empty:

@@ -17,8 +17,10 @@ from tqdm.auto import tqdm
 from personal.models.chat import IGNORE
 from personal.models.core import (BestTracker, Collective, LossTerm, adamw_stepper,
                                   default_group, load_state, lr_factor, model_tracker,
-                                  param_groups, plan_steps, schedule, trainable_state)
+                                  param_groups, plan_steps, schedule, trainable_state,
+                                  unwrapped)
 from personal.models.fused_ce import linear_cross_entropy, weighted_sum
+from personal.models.last_layer import target_hidden
 
 Features = dict[str, list[int]]
 
@@ -87,12 +89,6 @@ def collate(features: Sequence[Features], pad_id: int,
 
 # --- Loss -----------------------------------------------------------------------------------
 
-def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a peft wrapper (whose forward takes **kwargs and hands
-    them on), else `model` itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def target_losses(model: torch.nn.Module, inputs: dict, sel: torch.Tensor,
                   target: torch.Tensor, token_weight: Optional[torch.Tensor] = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,8 +113,6 @@ def target_losses(model: torch.nn.Module, inputs: dict, sel: torch.Tensor,
         logits = model(**inputs, use_cache=False).logits[:, :-1][sel]
         ce = F.cross_entropy(logits.float(), target, reduction="none")
         return weighted_sum(ce, token_weight), ce.detach()
-    from personal.models.last_layer import target_hidden
-
     return linear_cross_entropy(target_hidden(inner, decoder, inputs, sel), head.weight,
                                 target, token_weight, head.bias)
 

@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 from urllib.parse import urlparse
 
+from personal.config import load_config
 from personal.data.schema import Example
 from personal.errors import PersonalError
+from personal.experiment.context import Context
+from personal.experiment.pipeline import write_evaluation
 
 log = logging.getLogger("personal")
 
@@ -215,10 +218,6 @@ def evaluate_endpoint(run_path: str | Path, url: str, strategy: Optional[str] = 
                       opts: Optional[ClientOptions] = None) -> EndpointResult:
     """Replay the run's evaluated split (`eval.split`, `ctx.eval_personas()`) against the
     endpoint and write its evaluation as `<strategy>@endpoint`."""
-    from personal.config import load_config
-    from personal.experiment.context import Context
-    from personal.experiment.pipeline import write_evaluation
-
     opts = opts or ClientOptions()
     opts.check()
     run_path = Path(run_path)

@@ -24,7 +24,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from personal.data.embed import embed
+from personal.data.features import fill_undefined, user_features
 from personal.data.schema import Dataset, Splits
+from personal.data.splits import training_sessions
 from personal.errors import PersonalError
 from personal.hashing import stable_hash
 from personal.strategies import unified
@@ -148,9 +151,6 @@ def sample_evenly(items: Sequence, n: int) -> list:
 def turn_embeddings(ds: Dataset, splits: Splits, ids: Sequence[str], turns: int) -> np.ndarray:
     """[users, 384]: each user's mean embedding of up to `turns` assistant turns of their
     training sessions (train; val for cold-start users); NaN for a user with none."""
-    from personal.data.splits import training_sessions
-    from personal.data.embed import embed
-
     by_id = ds.by_id()
     picked = []
     for pid in ids:
@@ -177,8 +177,6 @@ def user_matrix(ds: Dataset, splits: Splits, scfg: ClusterConfig
                 ) -> tuple[list[str], np.ndarray]:
     """(persona ids, weighted feature rows) of every user in `splits`, standardized over the
     clustered users only (a cold-start user moves no column)."""
-    from personal.data.features import fill_undefined, user_features
-
     feats = user_features(ds, splits)
     fit = np.isin(feats.persona_ids, clustered_personas(splits))
     blocks = []
@@ -218,6 +216,7 @@ def nearest_centroid(rows: np.ndarray, centers: np.ndarray) -> np.ndarray:
 
 def silhouette(x: np.ndarray, labels: np.ndarray) -> Optional[float]:
     """Mean silhouette, or None where it is undefined (one cluster, or one user each)."""
+    # sklearn (heavy, ~1 s) loads only when clusters are fitted, here and below
     from sklearn.metrics import silhouette_score
 
     k = len(set(labels.tolist()))

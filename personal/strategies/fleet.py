@@ -30,6 +30,9 @@ from torch import nn
 
 from personal.config import TrainConfig, from_dict
 from personal.data.schema import Example
+from personal.engine import attach_prompts, export_peft, inject_stacked_lora, train_stacked
+from personal.engine.prompts import prompt_tables
+from personal.engine.stacked_lora import lora_layers
 from personal.errors import PersonalError
 from personal.strategies.keys import training_inputs
 
@@ -99,9 +102,6 @@ def init_slots(model: nn.Module, seeds: Sequence[int]) -> None:
     """Initialise slot j of the stack like a one-adapter stack injected with `seeds[j]`
     (peft's kaiming-uniform A, zero B; a soft prefix drawn from the vocabulary with that
     seed): an adapter's start does not depend on its slot."""
-    from personal.engine.prompts import prompt_tables
-    from personal.engine.stacked_lora import lora_layers
-
     layers = lora_layers(model)
     tables = prompt_tables(model)
     emb = model.get_input_embeddings().weight
@@ -119,8 +119,6 @@ def init_slots(model: nn.Module, seeds: Sequence[int]) -> None:
 
 def fleet_model(ctx, n: int, seeds: Sequence[int], spec: FleetSpec) -> nn.Module:
     """A copy of the base with an n-adapter stack (and prompt tables) shaped by `spec`."""
-    from personal.engine import attach_prompts, inject_stacked_lora
-
     lora = ctx.cfg.lora
     model = inject_stacked_lora(copy.deepcopy(ctx.base[0]), n, rank=lora.rank,
                                 alpha=lora.alpha, dropout=lora.dropout,
@@ -130,8 +128,6 @@ def fleet_model(ctx, n: int, seeds: Sequence[int], spec: FleetSpec) -> nn.Module
                        seed=seeds[0])
     init_slots(model, seeds)
     if not spec.train_lora:
-        from personal.engine.stacked_lora import lora_layers
-
         for layer in lora_layers(model):
             layer.lora_A.requires_grad_(False)
             layer.lora_B.requires_grad_(False)
@@ -141,8 +137,6 @@ def fleet_model(ctx, n: int, seeds: Sequence[int], spec: FleetSpec) -> nn.Module
 def train_chunk(ctx, names: list[str], seeds: list[int], data: list[list[dict]],
                 val: list[list[dict]], spec: FleetSpec = FleetSpec()) -> list[dict]:
     """One `train_stacked` call for `names`; exports each adapter; returns their records."""
-    from personal.engine import export_peft, train_stacked
-
     tokenizer = ctx.base[1]
     model = fleet_model(ctx, len(names), seeds, spec)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

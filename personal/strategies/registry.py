@@ -23,8 +23,10 @@ import importlib
 import logging
 import pkgutil
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, Callable, Optional
 
+import personal.strategies as package
 from personal.config import from_dict
 from personal.errors import PersonalError
 
@@ -202,8 +204,6 @@ def load_strategies() -> None:
     if _loaded:
         return
     _loaded = True
-    import personal.strategies as package
-
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if info.name not in SHARED_MODULES:
             importlib.import_module(f"{package.__name__}.{info.name}")
@@ -211,8 +211,6 @@ def load_strategies() -> None:
 
 
 def _load_entry_points() -> None:
-    from importlib.metadata import entry_points
-
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()

@@ -21,10 +21,15 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+from peft import PeftModel
 
+from personal.data.embed import embed
 from personal.data.schema import Example
+from personal.engine.generate import generate
 from personal.errors import PersonalError
 from personal.hashing import stable_hash
+from personal.models.chat import system_text
+from personal.models.lora import attach_lora, merged_for_inference, spread_sample, train_lora
 from personal.strategies import unified
 from personal.strategies.common import fleet_schedule
 from personal.strategies.keys import training_inputs as unit_inputs
@@ -137,8 +142,6 @@ def memory_vectors(ctx, memory: dict) -> np.ndarray:
     when the index file is there, else embedded (each distinct text once) and written.
     Kept in half precision on disk (17 MB for the default 22k turns) and used as read, so a
     fresh process retrieves exactly what the first one did."""
-    from personal.data.embed import embed
-
     path = index_path(ctx, list(memory))
     texts = memory_texts(memory)
     if path.is_file():
@@ -158,8 +161,6 @@ def index_unit(ctx, name: str, personas: list[str]) -> Unit:
     the evaluated turns into the embedding cache: both retrieval evaluations need them, and
     two lanes running those at once each embedded all 7,540 (~130 s apiece)."""
     def work() -> dict:
-        from personal.data.embed import embed
-
         memory = build_memory(ctx.dataset, ctx.splits, personas)
         vectors = memory_vectors(ctx, memory)
         turns = ctx.examples(ctx.cfg.eval.split, ctx.eval_personas())
@@ -181,8 +182,6 @@ def block_budget(ctx, scfg: RetrievalConfig, count_tokens: Callable[[list[str]],
     """Tokens the retrieved block of an example may use: `context_tokens`, at most half of the
     prompt's room, and never so many that the system text and the latest user message no
     longer fit (the format drops history oldest first, and the request itself must stay)."""
-    from personal.models.chat import system_text
-
     room = ctx.cfg.model.max_seq_len - ctx.cfg.generation.max_new_tokens
     cap = min(scfg.context_tokens, max(room // 2, 1))
     characters = ctx.prompt_format().characters
@@ -213,7 +212,6 @@ def token_counter(tokenizer) -> Callable[[list[str]], list[int]]:
 
 def load_retriever(ctx, scfg: RetrievalConfig, personas: list[str]) -> Retriever:
     """The hook over `personas`' memory, with the run's tokenizer counting the budget."""
-    from personal.data.embed import embed
     memory = build_memory(ctx.dataset, ctx.splits, personas)
     vectors = split_rows(memory, memory_vectors(ctx, memory)) if uses_index(scfg) else None
     count = token_counter(ctx.base[1])
@@ -253,10 +251,6 @@ def train_unit(ctx, scfg: RetrievalTrainedConfig) -> Unit:
 
 def start_adapter(ctx, init: str):
     """The adapter training starts from: the unified one (trainable) or a fresh LoRA."""
-    from peft import PeftModel
-
-    from personal.models.lora import attach_lora
-
     model = ctx.base[0]
     if init == "base":
         return attach_lora(model, ctx.cfg.lora)
@@ -269,8 +263,6 @@ def start_adapter(ctx, init: str):
 def train_with_retrieval(ctx, scfg: RetrievalTrainedConfig) -> dict:
     """`train_lora`'s loop from `init`, on training turns whose prompts carry what their
     user's other training sessions retrieve (own session excluded by the retriever)."""
-    from personal.models.lora import spread_sample, train_lora
-
     personas, tokenizer = ctx.training_personas(), ctx.base[1]
     tcfg = fleet_schedule(ctx, scfg)
     train_ex = ctx.examples("train", personas)
@@ -287,11 +279,6 @@ def train_with_retrieval(ctx, scfg: RetrievalTrainedConfig) -> dict:
 
 def predictor(ctx, scfg: RetrievalConfig):
     """Both variants: their adapter, prompts carrying each turn's retrieved block."""
-    from peft import PeftModel
-
-    from personal.engine.generate import generate
-    from personal.models.lora import merged_for_inference
-
     trained = isinstance(scfg, RetrievalTrainedConfig)
     check(scfg)
     if trained:

@@ -21,6 +21,7 @@ from personal.data.examples import session_examples
 from personal.data.schema import Actions, Dataset, Example, Message, Meta, Splits
 from personal.data.splits import training_sessions
 from personal.errors import PersonalError
+from personal.eval.parser import clean_actions, parse_actions
 from personal.models.chat import render_context
 
 METHODS = ("similarity", "recency", "hybrid")
@@ -82,8 +83,6 @@ def exchange_key_text(x: Exchange) -> str:
 
 def turn_actions(example: Example) -> Actions:
     """Gold settings of a turn, or the parser's reading of its text when there are none."""
-    from personal.eval.parser import clean_actions, parse_actions
-
     return clean_actions(example.actions if example.actions is not None
                          else parse_actions(example.target))
 
@@ -147,7 +146,7 @@ class UserIndex:
         self._session = np.array([x.session_id for x in exchanges], dtype=np.int64)
         self.faiss = None
         if vectors is not None and len(exchanges):
-            import faiss
+            import faiss  # optional and heavy: only an index with vectors needs it
 
             self.faiss = faiss.IndexFlatIP(vectors.shape[1])
             self.faiss.add(np.ascontiguousarray(vectors, dtype=np.float32))

@@ -26,8 +26,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from personal.config import to_dict
+from personal.data.features import user_features
 from personal.data.schema import Example
 from personal.errors import PersonalError
+from personal.eval.metrics import per_user_means, score_examples
 from personal.hashing import stable_hash
 from personal.strategies.registry import (Unit, get_strategy, register_strategy, servable,
                                           strategy_config)
@@ -164,8 +166,6 @@ def validation_sample(ctx, k: int) -> dict[str, list[Example]]:
 
 def validation_scores(ctx, name: str, examples: list[Example]) -> dict[str, dict[str, float]]:
     """{user: {metric: mean}} of strategy `name` on `examples` (one predictor call)."""
-    from personal.eval.metrics import per_user_means, score_examples
-
     texts = strategy_predictor(ctx, name)(examples)
     scores = score_examples(texts, [e.target for e in examples], [e.actions for e in examples],
                             tolerance=ctx.cfg.eval.numeric_tolerance, metrics=list(SCORES))
@@ -211,8 +211,6 @@ def _clean(scores: dict[str, float]) -> dict[str, Optional[float]]:
 def route_undecided(ctx, scfg: SelectiveConfig, users: dict[str, dict]) -> dict:
     """Fit the meta-classifier on the decided users' features and add a `meta_classifier`
     entry to `users` for every other user in the splits; returns the classifier report."""
-    from personal.data.features import user_features
-
     feats = user_features(ctx.dataset, ctx.splits)
     decided = [p for p in feats.persona_ids if p in users]
     others = [p for p in feats.persona_ids if p not in users]
@@ -232,6 +230,7 @@ def route_undecided(ctx, scfg: SelectiveConfig, users: dict[str, dict]) -> dict:
 # --- The meta-classifier ------------------------------------------------------------------
 
 def _model(scfg: SelectiveConfig):
+    # sklearn (heavy, ~1 s) loads only when the meta-classifier is fitted, here and below
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
