@@ -20,11 +20,12 @@ import typer
 from personal.config import load_config, set_dotted
 from personal.data.importer import write_import
 from personal.data.io import read_splits, write_dataset, write_splits
+from personal.data.safety import check_output_file, check_output_folder
 from personal.data.splits import make_splits
 from personal.data.stats import dataset_stats, format_stats
 from personal.data.synth import write_synth
 from personal.data.validate import load_dataset, validate_dataset
-from personal.errors import PersonalError
+from personal.errors import DataError, PersonalError
 from personal.experiment.runs import console_log
 from personal.serving.routing import serve_config
 
@@ -34,6 +35,21 @@ data_app = typer.Typer(no_args_is_help=True, help="Create, check, import, split 
 base_app = typer.Typer(no_args_is_help=True, help="The built-in base model.")
 app.add_typer(data_app, name="data")
 app.add_typer(base_app, name="base")
+
+
+#: Largest simulated population `personal data synth` makes (~2 KB per session in memory:
+#: the limit keeps a typo such as --sessions 100000 from filling the machine).
+MAX_SYNTH_USERS, MAX_SYNTH_SESSIONS = 20_000, 2_000
+
+
+def _fresh_folder(out: Path, force: bool) -> None:
+    """Check `out` (see `check_output_folder`); with --force, remove the splits file of the
+    dataset being replaced, which would no longer match it."""
+    check_output_folder(out, force)
+    stale = Path(out) / "splits.json"
+    if force and stale.is_file():
+        stale.unlink()
+        typer.echo(f"removed the stale {stale} (--force)", err=True)
 
 
 def _echo_json(obj) -> None:
@@ -51,12 +67,16 @@ def data_synth(
     seed: int = typer.Option(0, help="Seed: the same seed gives identical bytes."),
     population: str = typer.Option("eval", help="eval, or background (disjoint users for "
                                                 "pretraining the base model)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder "
+                               "(replacing its dataset and removing its stale splits.json)."),
 ) -> None:
     """Simulate users in the EdgeWisePersona layout."""
     if population not in ("eval", "background"):
         raise PersonalError(f"--population must be eval or background, got {population!r}")
-    if users < 1 or sessions < 1:
-        raise PersonalError("--users and --sessions must be at least 1")
+    if not 1 <= users <= MAX_SYNTH_USERS or not 1 <= sessions <= MAX_SYNTH_SESSIONS:
+        raise PersonalError(f"--users must be in 1..{MAX_SYNTH_USERS} and --sessions in "
+                            f"1..{MAX_SYNTH_SESSIONS}, got {users} and {sessions}")
+    _fresh_folder(out, force)
     t0 = time.perf_counter()
     ds = write_synth(out, users=users, sessions=sessions, seed=seed, population=population)
     n_turns = sum(len(s.messages) for p in ds.personas for s in p.sessions)
@@ -71,10 +91,16 @@ def data_validate(
     lenient: bool = typer.Option(False, "--lenient", help="Drop bad records and report "
                                  "exactly which, instead of failing."),
     out: Optional[Path] = typer.Option(None, "--out", help="With --lenient: write the kept "
-                                       "records here as a clean dataset."),
+                                       "records here as a clean dataset (a new folder)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder "
+                               "(replacing its dataset and removing its stale splits.json)."),
 ) -> None:
-    """Check a dataset and print every problem (file, line, field, what was expected)."""
+    """Check a dataset (and its splits.json, when it has one) and print every problem
+    (file, line, field, what was expected)."""
+    if out is not None:
+        check_output_folder(out, force, reads=[path])
     result = validate_dataset(path)
+    result.problems += _splits_problems(path, result)
     for problem in result.problems:
         typer.echo(str(problem), err=True)
     n_sessions = sum(len(p.sessions) for p in result.dataset.personas)
@@ -86,10 +112,29 @@ def data_validate(
         typer.echo(f"dropped {len(result.dropped)} record(s):", err=True)
         for record in result.dropped:
             typer.echo(f"  {record}", err=True)
+    if not result.dataset.personas or n_sessions == 0:
+        raise PersonalError(f"{path}: nothing valid is left ({len(result.problems)} "
+                            f"problem(s)); no dataset was written")
     if out is not None:
+        _fresh_folder(out, force)
         write_dataset(result.dataset, out)
-        typer.echo(f"wrote the kept records to {out}")
+        typer.echo(f"wrote the kept records to {out} (no splits.json: the kept sessions are "
+                   f"numbered anew; make one with `personal data split {out}`)")
     typer.echo(f"{path}: ok: {len(result.dataset.personas)} users, {n_sessions} sessions kept")
+
+
+def _splits_problems(path: Path, result) -> list:
+    """Problems of the folder's own splits.json against the records that passed (none when
+    the records have problems of their own: the indices would be judged against a partial
+    dataset)."""
+    target = Path(path) / "splits.json"
+    if not target.is_file() or result.problems:
+        return []
+    try:
+        read_splits(target, result.dataset)
+    except DataError as err:
+        return list(err.problems)
+    return []
 
 
 @data_app.command("import", epilog="Example: personal data import --dialogues cleaned.jsonl "
@@ -99,8 +144,11 @@ def data_import(
     splits: Path = typer.Option(..., "--splits", help="{persona_id: {train, val, test}} of "
                                 "line indices into the dialogue file."),
     out: Path = typer.Option(..., "--out", help="Folder to write the canonical layout into."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder "
+                               "(replacing its dataset and removing its stale splits.json)."),
 ) -> None:
     """Import the cleaned-dialogues layout + splits file into the canonical layout."""
+    check_output_folder(out, force, reads=[dialogues, splits])
     ds, sp = write_import(dialogues, splits, out)
     n = sum(len(p.sessions) for p in ds.personas)
     typer.echo(f"imported {len(ds.personas)} users, {n} dialogues into {out} "
@@ -116,12 +164,19 @@ def data_split(
     train_frac: float = typer.Option(0.6, help="Fraction of each user's sessions for training."),
     val_frac: float = typer.Option(0.2, help="Fraction for validation; the rest is test."),
     out: Optional[Path] = typer.Option(None, help="Splits file (default PATH/splits.json)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing splits file (a "
+                               "published or imported split is data too)."),
 ) -> None:
     """Split each user's sessions, in order, into train/val/test."""
+    if not 0 < train_frac <= 1 or not 0 <= val_frac < 1 or train_frac + val_frac > 1:
+        raise PersonalError(f"--train-frac must be in (0, 1], --val-frac in [0, 1) and their sum "
+                            f"at most 1, got {train_frac} and {val_frac}")
+    if cold_start < 0:
+        raise PersonalError(f"--cold-start must be at least 0, got {cold_start}")
+    target = check_output_file(out or Path(path) / "splits.json", force)
     ds = load_dataset(path)
     splits = make_splits(ds, train_frac=train_frac, val_frac=val_frac, cold_start=cold_start,
                          seed=seed)
-    target = out or Path(path) / "splits.json"
     write_splits(splits, target)
     counts = {k: sum(len(getattr(s, k)) for s in splits.values()) for k in ("train", "val", "test")}
     typer.echo(f"wrote {target}: {len(splits)} users ({cold_start} cold-start), sessions "
@@ -139,6 +194,8 @@ def data_stats(
         "turns for the noise ceiling (default: all)."),
 ) -> None:
     """Describe a dataset: counts, turn lengths, device usage, how distinct the users are."""
+    if max_ceiling_turns is not None and max_ceiling_turns < 1:
+        raise PersonalError(f"--max-ceiling-turns must be at least 1, got {max_ceiling_turns}")
     ds, sp = _load_with_splits(path, splits)
     stats = dataset_stats(ds, sp, ceiling_max_turns=max_ceiling_turns)
     if as_json:
@@ -204,9 +261,14 @@ def train(strategy: str = typer.Argument(..., help="Strategy name (e.g. unified_
     from personal.experiment.context import Context
     from personal.experiment.pipeline import train_strategy
 
+    from personal.strategies.registry import get_strategy, strategy_config
+
     _logging(quiet)
-    ctx = Context.create(_config(config, overrides, data), run)
-    train_strategy(ctx, _strategy_name(strategy))
+    cfg, name = _config(config, overrides, data), _strategy_name(strategy)
+    spec = get_strategy(name)  # an unknown name or a bad option stops before any work
+    strategy_config(spec, cfg.strategy.get(name))
+    ctx = Context.create(cfg, run)
+    train_strategy(ctx, name)
     typer.echo(f"trained {strategy} in {run}")
 
 
@@ -307,10 +369,11 @@ def run_main(plan: str = typer.Option("phase1", "--plan", help="Which strategies
     typer.echo(f"report: {path} ({time.perf_counter() - t0:.0f}s)")
 
 
-def _ray_temp(run: Path) -> str:
+def _ray_temp(run: Path, app: str = "") -> str:
     """A short temp folder for the local Ray runtime (Unix socket paths must stay short),
-    named after the run so concurrent runs do not share one."""
-    tag = hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:8]
+    named after the run (and, for a served app, its port) so concurrent runs and apps do not
+    share one."""
+    tag = hashlib.sha256(f"{run.resolve()}|{app}".encode()).hexdigest()[:8]
     return str(Path(tempfile.gettempdir()) / f"personal-ray-{tag}")
 
 
@@ -367,7 +430,8 @@ def serve_cmd(run: Path = typer.Argument(..., help="Run directory made by `perso
                         max_loaded_adapters=max_loaded_adapters, max_batch_size=max_batch_size,
                         generator_replicas=replicas)
     serve_run(run, scfg, host=host, port=port, allow_remote=allow_remote, address=address,
-              temp_dir=None if address else _ray_temp(run), overrides=overrides or [],
+              temp_dir=None if address else _ray_temp(run, f"serve:{port}"),
+              overrides=overrides or [],
               on_ready=lambda url: typer.echo(f"serving {run} at {url} (Ctrl-C stops)"))
 
 
@@ -383,12 +447,23 @@ def main(argv: Optional[List[str]] = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as err:
+        if err.filename is None or debug:
+            _last_resort(err, debug)
+        # a path the user gave cannot be read or written (a file where a folder belongs, no
+        # permission, a dangling link): bad input, named
+        typer.echo(f"error: {err.filename}: {err.strerror or err}", err=True)
+        sys.exit(2)
     except Exception as err:  # noqa: BLE001 - the last resort: one line, exit 1
-        if debug:
-            raise
-        typer.echo(f"error: {type(err).__name__}: {err} (rerun with --debug for a traceback)",
-                   err=True)
-        sys.exit(1)
+        _last_resort(err, debug)
+
+
+def _last_resort(err: BaseException, debug: bool) -> None:
+    if debug:
+        raise err
+    typer.echo(f"error: {type(err).__name__}: {err} (rerun with --debug for a traceback)",
+               err=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -71,9 +71,11 @@ class DataConfig:
     """Splits file (DATA.md layout); None means `<path>/splits.json`, made if missing."""
     background_path: str = "data/background"
     """Disjoint background population used to pretrain the built-in base model."""
-    simulate: bool = True
-    """When `path` (or `background_path`) does not exist, simulate users into it (the
-    embedded default, logged loudly); false makes a missing folder an error."""
+    simulate: Optional[bool] = None
+    """When `path` (or `background_path`) does not exist: None (default) simulates users
+    into it only when it is the embedded default folder (`data/eval`, `data/background`;
+    logged loudly), so a mistyped `--data data/evall` is an error, not invented data; true
+    simulates into any missing folder (configs/smoke.yaml); false never simulates."""
     users: int = 200
     """Users simulated when `path` does not exist yet (embedded default)."""
     sessions: int = 50

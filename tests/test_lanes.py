@@ -24,7 +24,8 @@ def phase1_graph(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("lanes")
     cfg = load_config(None, [
-        f"data.path={root}/eval", f"data.background_path={root}/bg", "data.users=3",
+        f"data.path={root}/eval", f"data.background_path={root}/bg", "data.simulate=true",
+        "data.users=3",
         "data.sessions=6", "data.background_users=4", f"model.cache_dir={root}/cache"])
     ctx = Context.create(cfg, root / "run")
     return ctx, plan_graph(ctx, plans()["phase1"], strategy_units)
@@ -102,7 +103,8 @@ def test_lanes_share_embeddings_through_shards(tmp_path, monkeypatch):
 
 def test_a_lane_never_pretrains_a_base_outside_base_prepare(tmp_path):
     cfg = load_config(None, [
-        f"data.path={tmp_path}/eval", f"data.background_path={tmp_path}/bg", "data.users=3",
+        f"data.path={tmp_path}/eval", f"data.background_path={tmp_path}/bg", "data.simulate=true",
+        "data.users=3",
         "data.sessions=6", "data.background_users=4", f"model.cache_dir={tmp_path}/cache"])
     ctx = Context.create(cfg, tmp_path / "run")
     ctx.pretrain = False

@@ -14,7 +14,8 @@ def tiny_cfg(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("pipe")
     return load_config(None, [
-        f"data.path={root}/eval", f"data.background_path={root}/bg", "data.users=3",
+        f"data.path={root}/eval", f"data.background_path={root}/bg", "data.simulate=true",
+        "data.users=3",
         "data.sessions=6", "data.background_users=4", "model.hidden_size=32",
         "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
         "model.vocab_size=400", f"model.cache_dir={root}/cache", "pretrain.epochs=1",
@@ -60,7 +61,8 @@ def test_a_run_resumes_whether_its_paths_are_relative_or_absolute(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(1)
     relative = load_config(None, [
-        "data.path=eval", "data.background_path=bg", "data.users=2", "data.sessions=5",
+        "data.path=eval", "data.background_path=bg", "data.simulate=true",
+        "data.users=2", "data.sessions=5",
         "data.background_users=3", "model.hidden_size=32", "model.num_layers=1",
         "model.num_heads=2", "model.intermediate_size=64", "model.vocab_size=400",
         "model.cache_dir=cache", "pretrain.epochs=1", "train.max_steps=2",

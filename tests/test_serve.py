@@ -103,6 +103,28 @@ def test_a_too_long_prompt_fails_alone_and_a_weighted_route_mixes(world):
         core.answer([as_request(e)], [outside])
 
 
+def test_a_request_that_breaks_its_batch_fails_alone(world, monkeypatch):
+    """A row that makes the decoding pass raise is answered alone with an error; every other
+    request of its batch still gets its offline answer (before: the whole batch failed)."""
+    examples = world.examples("test")[:6]
+    expected = offline(world, "per_user_lora", examples)
+    core, table = generator(world, "per_user_lora", 3)
+    poison = core._prompt(as_request(examples[2]), {})
+    real = core._pass
+
+    def fragile(prompts, routes):
+        if poison in prompts:
+            raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
+        return real(prompts, routes)
+
+    monkeypatch.setattr(core, "_pass", fragile)
+    out = core.answer([as_request(e) for e in examples],
+                      [table.route(e.persona_id) for e in examples])
+    assert out[2]["failed"] and "UnicodeEncodeError" in out[2]["error"]
+    assert [r["text"] for i, r in enumerate(out) if i != 2] == \
+        [t for i, t in enumerate(expected) if i != 2]
+
+
 # --- The Ray Serve app on loopback ------------------------------------------------------------
 
 def free_port() -> int:
@@ -134,7 +156,8 @@ def post(url, body, raw=None):
 
     if raw is None:
         return _send(url + "/v1/assist", body, 60)
-    req = urllib.request.Request(url + "/v1/assist", data=raw, method="POST")
+    req = urllib.request.Request(url + "/v1/assist", data=raw, method="POST",
+                                 headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -186,6 +209,33 @@ def test_malformed_requests_are_rejected_naming_the_field(served):
 
 
 @pytest.mark.slow
+def test_hostile_requests_get_a_named_4xx(served):
+    def raw(data, headers):
+        req = urllib.request.Request(served + "/v1/assist", data=data, method="POST",
+                                     headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    good = json.dumps({"user_id": "persona_000", "messages": HELLO}).encode()
+    for ctype in ("text/plain", "application/x-www-form-urlencoded"):
+        status, reply = raw(good, {"Content-Type": ctype})
+        assert status == 415 and reply["field"] == "content-type", ctype
+    status, reply = raw(good, {"Content-Type": "application/json", "Host": "evil.example"})
+    assert status == 403 and reply["field"] == "host"
+    deep = b"[" * 1000 + b"]" * 1000  # 2 KB
+    status, reply = raw(deep, {"Content-Type": "application/json"})
+    assert status == 400 and "nested too deeply" in reply["error"]
+    twice = b'{"user_id": "a", "user_id": "b", "messages": []}'
+    status, reply = raw(twice, {"Content-Type": "application/json"})
+    assert status == 400 and "appears twice" in reply["error"]
+    status, _ = raw(good, {"Content-Type": "application/json"})
+    assert status == 200  # and a good request is still answered
+
+
+@pytest.mark.slow
 def test_openapi_and_health(served):
     with urllib.request.urlopen(served + "/openapi.json", timeout=30) as resp:
         spec = json.loads(resp.read())
@@ -195,6 +245,7 @@ def test_openapi_and_health(served):
     with urllib.request.urlopen(served + "/healthz", timeout=30) as resp:
         health = json.loads(resp.read())
     assert health["strategy"] == "per_user_lora" and health["generator"]["slots"] == 2
+    assert "/" not in health["run"]  # the run's name, not where it lives on the server
 
 
 @pytest.mark.slow

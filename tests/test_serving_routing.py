@@ -29,7 +29,8 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     write_synth(root / "data", users=4, sessions=6, seed=0)
     cfg = Config()
-    for item in (f"data.path={root / 'data'}", "data.cold_start=1", "data.seed=0"):
+    for item in (f"data.path={root / 'data'}", "data.cold_start=1", "data.seed=0",
+                 "data.simulate=true"):
         cfg = apply_override(cfg, item)
     return cfg, root
 
@@ -266,6 +267,14 @@ BAD = [
     (good(messages=msgs(("user", "y" * 51))), "messages[0].text", "51 characters long"),
     (good(messages=msgs(("user", "x"), ("assistant", "y"))), "messages[1].role",
      "last message must be the user's"),
+    # text the tokenizer cannot take, or nothing to answer
+    (good(messages=msgs(("user", "hi \ud800 there"))), "messages[0].text", "lone surrogate"),
+    (good(messages=msgs(("user", "a\x00b"))), "messages[0].text", "control character U+0000"),
+    (good(messages=msgs(("user", "   "))), "messages[0].text", "empty or only spaces"),
+    # ids that would silently get the fallback adapter
+    (good(user_id=" "), "user_id", "surrounding spaces or invisible"),
+    (good(user_id="\u200b"), "user_id", "surrounding spaces or invisible"),
+    (good(user_id="persona_000 "), "user_id", "surrounding spaces or invisible"),
 ]
 
 
@@ -294,6 +303,34 @@ def test_request_schema_states_the_limits():
     assert schema["additionalProperties"] is False
     assert schema["properties"]["messages"]["maxItems"] == 4
     assert schema["properties"]["meta"]["properties"]["weather"]["enum"][0] == "sunny"
+
+
+def test_a_busy_or_bad_port_is_refused_before_ray_starts():
+    import socket
+
+    from personal.serving.routing import check_port
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(PersonalError, match=f"--port {port}: .* already in use"):
+            check_port("127.0.0.1", port)
+    check_port("127.0.0.1", port)  # free again
+    for bad in (0, 70000):
+        with pytest.raises(PersonalError, match="--port must be in 1..65535"):
+            check_port("127.0.0.1", bad)
+
+
+def test_a_loopback_server_answers_loopback_host_names_only():
+    from personal.serving.routing import allowed_hosts, host_of
+
+    hosts = allowed_hosts("127.0.0.1")
+    for header in ("127.0.0.1:8000", "localhost:8000", "LOCALHOST", "[::1]:8000"):
+        assert host_of(header) in hosts, header
+    for header in ("evil.example:8000", "127.0.0.1.evil.example", "attacker"):
+        assert host_of(header) not in hosts, header
+    assert allowed_hosts("0.0.0.0") is None  # --allow-remote: any name reaches it
 
 
 def test_serve_config_and_binding_rules():

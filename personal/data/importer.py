@@ -19,6 +19,7 @@ from personal.data.schema import Dataset, Persona, Routine, Session, Split, Spli
 from personal.data.validate import (SPLIT_PARTS, JsonLine, Site, is_index, kind, parse_routines,
                                     parse_session, parse_splits, read_json_file, read_json_lines,
                                     split_key_lines)
+from personal.data.safety import name_problem
 from personal.errors import DataError, Problem
 
 
@@ -84,6 +85,9 @@ def _read_dialogue(line: JsonLine, site: Site, drafts: dict[str, _Draft]) -> Opt
     if not isinstance(pid, str) or not pid.strip():
         got = "nothing" if "persona_id" not in value else kind(pid)
         site.problem("persona_id", f"expected a non-empty string, got {got}")
+        return None
+    if name_problem(pid):
+        site.problem("persona_id", name_problem(pid))
         return None
     draft = drafts.setdefault(pid, _Draft(pid))
     _take_profile(draft, value, site)

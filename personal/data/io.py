@@ -122,6 +122,9 @@ def read_splits(path: str | Path, dataset: Dataset | None = None) -> Splits:
         problems += found
         if dataset is not None:
             problems += validate_splits(splits, dataset, str(path), split_key_lines(text))
+    if not problems and splits and not any(split.train for split in splits.values()):
+        problems.append(Problem(str(path), None, "", "every train list is empty: no persona "
+                                "has a training session"))
     if problems:
         raise DataError(problems, header=f"{path}: invalid splits file")
     return splits

@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 from personal.data.schema import (DEVICES, META_FIELDS, ROLES, Actions, Dataset, Message, Meta,
                                   Persona, Routine, Session, Split, Splits, persona_id_for_line)
+from personal.data.safety import name_problem
 from personal.errors import DataError, Problem
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,38 @@ class JsonLine:
     ok: bool = False
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice (json.loads would silently keep the last)."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def loads(text: str) -> Any:
+    """json.loads that refuses an object with a repeated key (DuplicateKey)."""
+    return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+
+
+def json_error(e: json.JSONDecodeError) -> str:
+    """`malformed JSON: <what> at column N` (json's own messages may end in "at")."""
+    what = e.msg.removesuffix(" at")
+    return f"malformed JSON: {what} at column {e.colno}"
+
+
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
 def _read_bytes(path: Path, file: str, problems: list[Problem]) -> Optional[bytes]:
+    if path.is_symlink() and not path.exists():
+        problems.append(Problem(file, None, "", "a symbolic link that leads nowhere (dangling, "
+                                "or a loop of links)"))
+        return None
     if not path.exists():
         problems.append(Problem(file, None, "", "missing file"))
         return None
@@ -104,10 +136,15 @@ def _read_bytes(path: Path, file: str, problems: list[Problem]) -> Optional[byte
         problems.append(Problem(file, None, "", "expected a file, found a folder"))
         return None
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
     except OSError as e:
         problems.append(Problem(file, None, "", f"cannot read: {e.strerror or e}"))
         return None
+    if data.startswith(UTF16_BOMS):
+        problems.append(Problem(file, None, "", "UTF-16 text (it starts with a UTF-16 byte-order "
+                                "mark); save it as UTF-8"))
+        return None
+    return data
 
 
 def _parse_line(raw: bytes, site: Site) -> JsonLine:
@@ -123,9 +160,12 @@ def _parse_line(raw: bytes, site: Site) -> JsonLine:
         site.problem("", "blank line; expected one JSON value per line")
         return line
     try:
-        line.value = json.loads(text)
+        line.value = loads(text)
     except json.JSONDecodeError as e:
-        site.problem("", f"malformed JSON: {e.msg} at column {e.colno}")
+        site.problem("", json_error(e))
+        return line
+    except DuplicateKey as e:
+        site.problem("", f"key {str(e)!r} appears twice in one object (which one is meant?)")
         return line
     except RecursionError:
         site.problem("", "malformed JSON: nested too deeply")
@@ -170,9 +210,12 @@ def read_json_file(path: str | Path, problems: list[Problem]) -> tuple[Any, str]
         problems.append(Problem(str(path), None, "", "empty file; expected a JSON object"))
         return None, ""
     try:
-        return json.loads(text), text
+        return loads(text), text
     except json.JSONDecodeError as e:
-        problems.append(Problem(str(path), e.lineno, "", f"malformed JSON: {e.msg} at column {e.colno}"))
+        problems.append(Problem(str(path), e.lineno, "", json_error(e)))
+    except DuplicateKey as e:
+        line = split_key_lines(text, repeats=True).get(str(e))
+        problems.append(Problem(str(path), line, str(e), "appears twice in one object"))
     except RecursionError:
         problems.append(Problem(str(path), None, "", "malformed JSON: nested too deeply"))
     return None, ""
@@ -263,7 +306,23 @@ def _parse_text(m: dict, key: str, site: Site, path: str, required: bool) -> Opt
     if not isinstance(value, str) or not value.strip():
         site.problem(_join(path, key), f"expected a non-empty string, got {kind(value)}")
         return None
+    bad = text_problem(value)
+    if bad:
+        site.problem(_join(path, key), bad)
+        return None
     return value
+
+
+def text_problem(text: str) -> str:
+    """Why a message text cannot be used ('' when it can): control characters other than
+    tab and line breaks (e.g. NUL), or a lone surrogate, which no tokenizer can encode."""
+    for c in text:
+        code = ord(c)
+        if (code < 32 and c not in "\t\n\r") or code == 127:
+            return f"contains the control character U+{code:04X}"
+        if 0xD800 <= code <= 0xDFFF:
+            return f"contains a lone surrogate U+{code:04X} (not encodable as UTF-8)"
+    return ""
 
 
 def parse_message(value: Any, site: Site, path: str) -> Optional[Message]:
@@ -300,6 +359,15 @@ def parse_messages(value: Any, site: Site, path: str) -> list[Message]:
     first = messages[0]
     if first is not None and first.role == "assistant":
         site.problem(f"{path}[0].role", 'a session must start with a user turn, got "assistant"')
+    for i in range(1, len(messages)):
+        a, b = messages[i - 1], messages[i]
+        if a is not None and b is not None and a.role == b.role and a.role in ROLES:
+            site.problem(f"{path}[{i}].role", f"two {b.role} turns in a row; a session "
+                         "alternates user and assistant turns")
+    last = messages[-1]
+    if last is not None and last.role == "user" and len(messages) > 1:
+        site.problem(f"{path}[{len(messages) - 1}].role", "a session ends with an assistant "
+                     "turn; the last user turn has no reply")
     return [m for m in messages if m is not None]
 
 
@@ -377,8 +445,8 @@ def parse_character(value: Any, site: Site) -> dict[str, Optional[str]]:
         v = value.get(key)
         if v is not None and not isinstance(v, str):
             site.problem(key, f"expected a string or null, got {kind(v)}")
-        elif key == "persona_id" and v is not None and not v.strip():
-            site.problem(key, f"expected a non-empty string, got {kind(v)}")
+        elif key == "persona_id" and v is not None and name_problem(v):
+            site.problem(key, name_problem(v))
         else:
             out[key] = v
     return out
@@ -559,13 +627,20 @@ def load_dataset(path: str | Path, lenient: bool = False) -> Dataset:
 _JSON_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:')
 
 
-def split_key_lines(text: str) -> dict[str, int]:
-    """The 1-based line where each key of a JSON text first appears, to locate a persona's
-    entry in a splits file (json.loads keeps no positions)."""
+def split_key_lines(text: str, repeats: bool = False) -> dict[str, int]:
+    """The 1-based line where each key of a JSON text first appears (with `repeats`: where
+    it appears again), to locate a persona's entry in a splits file (json.loads keeps no
+    positions)."""
     lines: dict[str, int] = {}
+    seen: set[str] = set()
     for number, line in enumerate(text.splitlines(), 1):
         for m in _JSON_KEY.finditer(line):
-            lines.setdefault(m.group(1), number)
+            key = m.group(1)
+            if repeats and key in seen:
+                lines.setdefault(key, number)
+            seen.add(key)
+            if not repeats:
+                lines.setdefault(key, number)
     return lines
 
 

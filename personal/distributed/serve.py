@@ -19,6 +19,7 @@ restarting (safe to retry: generation is greedy and has no side effects).
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request)
 # as objects, in processes where the pickled class has no module globals to resolve names in.
 import dataclasses
+import json
 import os
 import threading
 import time
@@ -40,9 +41,10 @@ from personal.errors import PersonalError
 from personal.eval.parser import parse_actions
 from personal.experiment.pipeline import strategy_units, trained_strategies
 from personal.serving.routing import (AdapterSlots, AssistRequest, RequestError, Route,
-                                      RouteTable, ServeConfig, batch_groups, check_host,
-                                      check_servable, parse_request, request_example,
-                                      request_schema, route_table)
+                                      RouteTable, ServeConfig, allowed_hosts, batch_groups,
+                                      check_host, check_port, check_servable, host_of,
+                                      parse_request, request_example, request_schema,
+                                      route_table)
 from personal.strategies.registry import servable_strategies
 
 APP_NAME = "personal"
@@ -93,10 +95,27 @@ class AdapterGenerator:
             ok = [i for i, p in enumerate(prompts) if p is not None]
             for group in batch_groups([routes[i] for i in ok], self.slots.size):
                 rows = [ok[j] for j in group]
-                texts = self._pass([prompts[i] for i in rows], [routes[i] for i in rows])
-                for i, text in zip(rows, texts):
-                    out[i] = {"text": text}
+                for i, result in zip(rows, self._answer_rows(prompts, routes, rows)):
+                    out[i] = result
             return out
+
+    def _answer_rows(self, prompts: list, routes: Sequence[Route], rows: list[int]) -> list[dict]:
+        """One pass for `rows`; if it fails, each row alone, so one request that breaks the
+        pass fails alone and every other request of the batch is still answered."""
+        try:
+            texts = self._pass([prompts[i] for i in rows], [routes[i] for i in rows])
+            return [{"text": t} for t in texts]
+        except Exception:  # noqa: BLE001 - find the row at fault
+            if len(rows) == 1:
+                raise
+        out = []
+        for i in rows:
+            try:
+                out.append({"text": self._pass([prompts[i]], [routes[i]])[0]})
+            except Exception as err:  # noqa: BLE001 - this request alone fails
+                out.append({"error": f"this request could not be answered "
+                                     f"({type(err).__name__})", "failed": True})
+        return out
 
     def _prompt(self, req: AssistRequest, result: dict) -> Optional[list[int]]:
         """The offline prompt of the request, or None with `result["error"]` set when the
@@ -198,6 +217,16 @@ class ErrorResponse(BaseModel):
     field: Optional[str] = None
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are all different (else which `role` is meant?)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
 def _error(status: int, message: str, field: Optional[str] = None) -> JSONResponse:
     return JSONResponse({"error": message, "field": field}, status_code=status)
 
@@ -216,10 +245,24 @@ def _document_limits(cfg: ServeConfig) -> None:
 class Router:
     """HTTP ingress: validation, user -> route, the generator's answer, parsed actions."""
 
-    def __init__(self, generator, table: RouteTable, scfg: dict, info: dict):
+    def __init__(self, generator, table: RouteTable, scfg: dict, info: dict,
+                 hosts: Optional[Sequence[str]] = None):
         self.generator, self.table, self.info = generator, table, info
         self.cfg = ServeConfig(**scfg)
+        self.hosts = None if hosts is None else set(hosts)
         _document_limits(self.cfg)
+
+    def _refused(self, request: Request, body_expected: bool) -> Optional[JSONResponse]:
+        """403 for a Host header this server does not answer to (a web page's cross-origin
+        POST to a loopback server names its own host), 415 for a body that is not JSON."""
+        if self.hosts is not None and host_of(request.headers.get("host", "")) not in self.hosts:
+            return _error(403, "Host header names another server; this one answers "
+                               f"{', '.join(sorted(self.hosts))} only", "host")
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if body_expected and ctype != "application/json":
+            return _error(415, f"Content-Type must be application/json, got {ctype or 'none'}",
+                          "content-type")
+        return None
 
     @api.post("/v1/assist", response_model=AssistResponse,
               responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
@@ -229,9 +272,14 @@ class Router:
     async def assist(self, request: Request):
         """The assistant's next turn for `user_id`, given the dialogue so far."""
         start = time.perf_counter()
+        refused = self._refused(request, body_expected=True)
+        if refused is not None:
+            return refused
         try:
-            body = await request.json()
-        except ValueError as err:
+            body = json.loads(await request.body(), object_pairs_hook=_unique_keys)
+        except RecursionError:
+            return _error(400, "body: JSON nested too deeply", "body")
+        except ValueError as err:  # malformed JSON, not UTF-8, or a key given twice
             return _error(400, f"body: not valid JSON ({err})", "body")
         try:
             req = parse_request(body, self.cfg)
@@ -242,14 +290,19 @@ class Router:
             result = await self.generator.answer.remote((req, route))
         except Exception as err:  # noqa: BLE001 - a dead or restarting replica: retryable
             return _error(503, f"generator unavailable ({type(err).__name__}); retry")
+        if result.get("failed"):
+            return _error(500, result["error"])
         if "error" in result:
             return _error(422, result["error"], result.get("field"))
         return {"text": result["text"], "actions": parse_actions(result["text"]),
                 "adapter": route.label, "latency_ms": (time.perf_counter() - start) * 1000}
 
     @api.get("/healthz")
-    async def healthz(self):
+    async def healthz(self, request: Request):
         """Ready when the generator answers: the served strategy, run and counters."""
+        refused = self._refused(request, body_expected=False)
+        if refused is not None:
+            return refused
         try:
             stats = await self.generator.stats.remote()
         except Exception as err:  # noqa: BLE001
@@ -285,7 +338,8 @@ def served_strategy(ctx, name: Optional[str]) -> str:
     return servable[0]
 
 
-def build_app(run_path: str | Path, scfg: ServeConfig, overrides: Sequence[str] = ()):
+def build_app(run_path: str | Path, scfg: ServeConfig, overrides: Sequence[str] = (),
+              host: str = "127.0.0.1"):
     """The bound app (router -> generator) of a finished run; checks everything it can
     before Ray starts (strategy, adapters on disk, settings)."""
     scfg.check()
@@ -303,10 +357,11 @@ def build_app(run_path: str | Path, scfg: ServeConfig, overrides: Sequence[str] 
         max_ongoing_requests=2 * scfg.max_batch_size,
         ray_actor_options={"num_cpus": scfg.generator_cpus, "num_gpus": gpus},
     ).bind(payload, str(run), table.folders(), dataclasses.asdict(scfg))
-    info = {"run": str(run), "fingerprint": ctx.fingerprint, **table.summary()}
+    # the run's folder name, not its absolute path: /healthz is for any client of the API
+    info = {"run": run.name, "fingerprint": ctx.fingerprint, **table.summary()}
     return Router.options(max_ongoing_requests=scfg.router_max_ongoing,
                           ray_actor_options={"num_cpus": 0}).bind(
-        generator, table, dataclasses.asdict(scfg), info)
+        generator, table, dataclasses.asdict(scfg), info, allowed_hosts(host))
 
 
 def start_app(app, host: str, port: int):
@@ -325,7 +380,8 @@ def serve_run(run_path: str | Path, scfg: ServeConfig, host: str = "127.0.0.1",
     the app keeps running there). A local runtime is shut down on exit; on a cluster only
     this app is deleted."""
     check_host(host, allow_remote)
-    app = build_app(run_path, scfg, overrides)
+    check_port(host, port)  # before Ray starts: a bad or busy port costs no start-up
+    app = build_app(run_path, scfg, overrides, host)
     on_cluster = bool(address or os.environ.get("RAY_ADDRESS"))
     if not wait and not on_cluster:
         raise PersonalError("deploying without waiting needs a cluster (--address or "

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from personal.config import Config
+from personal.config import Config, DataConfig
 from personal.data.examples import build_examples
 from personal.data.io import read_splits, write_splits
 from personal.data.schema import Dataset, Example, Splits
@@ -37,10 +37,17 @@ def ensure_population(path: str | Path, cfg: Config, population: str) -> Path:
     path = Path(path)
     if (path / "sessions.jsonl").is_file():
         return path
-    if path.exists() and any(path.iterdir()):
-        raise PersonalError(f"{path}: not a dataset folder (no sessions.jsonl)")
-    if not cfg.data.simulate:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        what = "a file" if not path.is_dir() else "no sessions.jsonl"
+        raise PersonalError(f"{path}: not a dataset folder ({what})")
+    field = "path" if population == "eval" else "background_path"
+    default = Path(getattr(DataConfig(), field))
+    if cfg.data.simulate is False:
         raise PersonalError(f"{path}: data folder not found (data.simulate=false)")
+    if cfg.data.simulate is None and path.resolve() != default.resolve():
+        raise PersonalError(f"data.{field}={path}: no such data folder (only the default "
+                            f"{default} is simulated when missing; make this one with "
+                            f"`personal data synth --out {path}`, or set data.simulate=true)")
     users = cfg.data.users if population == "eval" else cfg.data.background_users
     log.warning("%s not found: simulating %d %s users x %d sessions (seed %d) into it",
                 path, users, population, cfg.data.sessions, cfg.data.seed)

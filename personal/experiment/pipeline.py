@@ -35,6 +35,7 @@ def train_strategy(ctx: Context, name: str, stages_fn=strategy_units) -> str:
     """Run every unit of the strategy's stages; returns the hash of all their inputs.
     `stages_fn` lets the Ray executor swap in the Ray form of units (same names, inputs)."""
     hashes = []
+    get_strategy(name)  # an unknown name is refused before the run records it
     record_strategies(ctx, [name])
     for stage in stages_fn(ctx, name):
         for unit in stage:

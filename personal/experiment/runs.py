@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from personal.config import Config, save_config, to_dict
+from personal.errors import PersonalError
 from personal.hashing import files_fingerprint, stable_hash  # noqa: F401  (re-exported)
 
 PACKAGES = ("torch", "transformers", "peft", "ray", "sentence-transformers", "scikit-learn",
@@ -65,6 +66,8 @@ class Run:
     def open(cls, path: str | Path, cfg: Config, data_fingerprint: str) -> "Run":
         """Create or reopen a run; records the resolved config and provenance."""
         run = cls(Path(path))
+        if run.path.exists() and not run.path.is_dir():
+            raise PersonalError(f"--run {run.path} is a file, not a run folder")
         for sub in ("units", "adapters", "predictions", "metrics", "logs"):
             (run.path / sub).mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.path / "config.yaml")

@@ -16,12 +16,14 @@ what a valid request is.
 from __future__ import annotations
 
 import ipaddress
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from personal.data.schema import META_FIELDS, ROLES, Example, Message
+from personal.data.validate import text_problem
 from personal.errors import PersonalError
 from personal.strategies.registry import get_strategy, servable_strategies, strategy_config
 from personal.strategies.routes import (BASE, CONFIG_FILE, UNIFIED, Route,  # noqa: F401
@@ -244,10 +246,27 @@ def _string(value: Any, where: str, max_chars: int) -> str:
     return value
 
 
+def _text(value: Any, where: str, cfg: ServeConfig) -> str:
+    """A message text the tokenizer can take: non-blank, no control characters (but tabs
+    and line breaks), no lone surrogates (which no encoder can encode)."""
+    text = _string(value, where, cfg.max_message_chars)
+    if not text.strip():
+        raise RequestError(where, "must not be empty or only spaces")
+    problem = text_problem(text)
+    if problem:
+        raise RequestError(where, problem)
+    return text
+
+
 def _user_id(value: Any, cfg: ServeConfig) -> str:
     user_id = _string(value, "user_id", cfg.max_user_id_chars)
     if not user_id or any(ord(c) < 32 or ord(c) == 127 for c in user_id):
         raise RequestError("user_id", "must be a non-empty string without control characters")
+    if user_id != user_id.strip() or any(unicodedata.category(c) in ("Cf", "Zl", "Zp")
+                                         for c in user_id):
+        # " persona_000" or a zero-width space would silently get the fallback adapter
+        raise RequestError("user_id", "must not carry surrounding spaces or invisible "
+                                      "characters")
     return user_id
 
 
@@ -279,7 +298,7 @@ def _messages(value: Any, cfg: ServeConfig) -> tuple[Message, ...]:
         if role not in ROLES:
             raise RequestError(f"{where}.role", f"must be one of {', '.join(ROLES)}, "
                                                 f"got {_short(role)}")
-        out.append(Message(role, _string(item["text"], f"{where}.text", cfg.max_message_chars)))
+        out.append(Message(role, _text(item["text"], f"{where}.text", cfg)))
     if out[-1].role != "user":
         raise RequestError(f"messages[{len(out) - 1}].role",
                            f"the last message must be the user's, got {out[-1].role!r}")
@@ -310,18 +329,27 @@ def request_schema(cfg: ServeConfig) -> dict[str, Any]:
             "properties": {k: {"type": "string", "enum": list(v)} for k, v in META_FIELDS.items()}}
     message = {"type": "object", "additionalProperties": False, "required": list(MESSAGE_FIELDS),
                "properties": {"role": {"type": "string", "enum": list(ROLES)},
-                              "text": {"type": "string", "maxLength": cfg.max_message_chars}}}
+                              "text": {"type": "string", "minLength": 1, "pattern": r"\S",
+                                       "maxLength": cfg.max_message_chars}}}
     return {"type": "object", "additionalProperties": False, "required": ["user_id", "messages"],
             "properties": {
                 "user_id": {"type": "string", "minLength": 1,
                             "maxLength": cfg.max_user_id_chars,
+                            # no control characters, no surrounding spaces (the server
+                            # also refuses invisible format characters such as U+200B)
+                            "pattern": r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*"
+                                       r"[^\s\x00-\x1f\x7f])?$",
                             "description": "Routes to the user's adapter; unknown ids get "
                                            "the fallback."},
                 "meta": meta,
                 "messages": {"type": "array", "items": message, "minItems": 1,
                              "maxItems": cfg.max_messages,
+                             # "the last item's role is user" has no JSON-schema keyword
+                             # (none addresses the last item): the description says it
                              "description": "The dialogue so far, oldest first, ending with "
-                                            "the user's message."}}}
+                                            "the user's message (the last item's role must "
+                                            "be user; a request whose last message does not "
+                                            "fit the model's context is refused)."}}}
 
 
 # --- Binding -----------------------------------------------------------------------------------
@@ -333,6 +361,48 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def allowed_hosts(host: str) -> Optional[tuple[str, ...]]:
+    """Host header names a server bound to `host` answers: the loopback names when it is
+    bound to loopback (a web page's cross-origin request to 127.0.0.1 names another host
+    and is refused), None (any) when bound to a reachable address with --allow-remote."""
+    return LOOPBACK_NAMES if is_loopback(host) else None
+
+
+def host_of(header: str) -> str:
+    """The host name of a Host header value (`127.0.0.1:8000` -> `127.0.0.1`)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[:header.find("]") + 1] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether nothing listens on host:port (a second server would split its traffic: Serve's
+    proxy binds with SO_REUSEPORT)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def check_port(host: str, port: int) -> None:
+    """A PersonalError when `port` is out of range or already served, before Ray starts."""
+    if not 0 < port < 65536:
+        raise PersonalError(f"--port must be in 1..65535, got {port}")
+    if not port_free(host, port):
+        raise PersonalError(f"--port {port}: {host}:{port} is already in use (another server "
+                            "would split its traffic); choose another port")
 
 
 def check_host(host: str, allow_remote: bool) -> None:

@@ -33,6 +33,7 @@ from personal.data.schema import Example
 from personal.engine import attach_prompts, export_peft, inject_stacked_lora, train_stacked
 from personal.engine.prompts import prompt_tables
 from personal.engine.stacked_lora import lora_layers
+from personal.data.safety import check_name, child_path
 from personal.errors import PersonalError
 from personal.strategies.keys import training_inputs
 
@@ -149,7 +150,7 @@ def train_chunk(ctx, names: list[str], seeds: list[int], data: list[list[dict]],
                            l2_lambda=spec.l2_lambda)
     records = []
     for k, name in enumerate(names):
-        out = export_peft(model, k, ctx.run.path / spec.folder / name,
+        out = export_peft(model, k, child_path(ctx.run.path / spec.folder, name, "adapter name"),
                           base_model_name_or_path=ctx.cfg.model.base)
         run = result.adapters[k]
         records.append({"adapter_dir": str(out), "steps": run.steps,
@@ -228,9 +229,8 @@ def train_fleet(ctx, groups: dict[str, Sequence[Example]],
 def check_fleet(groups: dict) -> None:
     if not groups:
         raise PersonalError("train_fleet: no adapter groups")
-    bad = [n for n in groups if not n or "/" in n or n.startswith(".")]
-    if bad:
-        raise PersonalError(f"train_fleet: adapter names must be plain folder names: {bad}")
+    for name in groups:
+        check_name(name, "adapter name")
 
 
 def fleet_records(ctx, groups: dict, spec: FleetSpec) -> dict[str, dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from personal.data.safety import child_path
 from personal.strategies import unified
 from personal.strategies.common import (fleet_schedule, fleet_unit, per_user_route,
                                         routed_predictor, user_groups, val_groups)
@@ -50,7 +51,8 @@ def stages(ctx, scfg: HybridConfig) -> list:
 
 def predictor(ctx, scfg: HybridConfig):
     names = sorted(user_groups(ctx, "train"))
-    folders = [ctx.run.path / FOLDER / n for n in names] + [ctx.run.path / unified.ADAPTER]
+    folders = [child_path(ctx.run.path / FOLDER, n, "persona id") for n in names] + \
+        [ctx.run.path / unified.ADAPTER]
     return routed_predictor(ctx, folders, per_user_route(names, len(names)))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from personal.data.safety import child_path
 from personal.errors import PersonalError
 from personal.strategies import unified
 from personal.strategies.common import (fleet_schedule, fleet_unit, per_user_route,
@@ -60,7 +61,7 @@ def stages(ctx, scfg: PerUserConfig) -> list:
 
 def predictor(ctx, scfg: PerUserConfig):
     names = sorted(user_groups(ctx, "train"))
-    folders = [ctx.run.path / FOLDER / n for n in names] + fallback_folders(ctx, scfg.fallback)
+    folders = [child_path(ctx.run.path / FOLDER, n, "persona id") for n in names] + fallback_folders(ctx, scfg.fallback)
     fallback = len(names) if scfg.fallback == "unified" else -1
     return routed_predictor(ctx, folders, per_user_route(names, fallback))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from personal.data.safety import child_path
 from personal.errors import PersonalError
 from personal.strategies.common import (fleet_schedule, fleet_unit, per_user_route,
                                         routed_predictor, user_groups, val_groups)
@@ -53,7 +54,7 @@ def predictor(ctx, scfg: PrefixConfig):
     """Users without a prefix (cold-start) get the base model: a stack holds one key set,
     and the unified adapter has no prefix table."""
     names = sorted(user_groups(ctx, "train"))
-    folders = [ctx.run.path / FOLDER / n for n in names]
+    folders = [child_path(ctx.run.path / FOLDER, n, "persona id") for n in names]
     return routed_predictor(ctx, folders, per_user_route(names, -1))
 
 
