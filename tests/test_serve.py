@@ -246,6 +246,10 @@ def test_openapi_and_health(served):
         health = json.loads(resp.read())
     assert health["strategy"] == "per_user_lora" and health["generator"]["slots"] == 2
     assert "/" not in health["run"]  # the run's name, not where it lives on the server
+    for page in ("/docs", "/redoc"):  # their scripts would come from a public CDN
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(served + page, timeout=30)
+        assert err.value.code == 404
 
 
 @pytest.mark.slow

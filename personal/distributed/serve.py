@@ -9,15 +9,19 @@
   prompt format: a served answer is the offline answer.
 
     personal serve runs/main --strategy per_user_lora        # http://127.0.0.1:8000
-    curl -s 127.0.0.1:8000/v1/assist -d '{"user_id": "persona_003", "meta": null,
-         "messages": [{"role": "user", "text": "Lights to 40 please."}]}'
+    curl -s 127.0.0.1:8000/v1/assist -H 'Content-Type: application/json' \
+         -d '{"user_id": "persona_003", "meta": null,
+              "messages": [{"role": "user", "text": "Lights to 40 please."}]}'
 
-Routes: POST /v1/assist, GET /healthz, GET /openapi.json and /docs. Status codes: 400 a body
-that is not JSON, 422 a bad request (`error` names the field), 503 the generator failed or is
-restarting (safe to retry: generation is greedy and has no side effects).
+Routes: POST /v1/assist, GET /healthz, GET /openapi.json. Status codes: 400 a body that is
+not JSON (or nested too deeply, or with a key given twice), 403 a Host header naming another
+server, 415 a body that is not application/json, 422 a bad request (`error` names the
+field), 500 a request that failed alone (its batch was answered), 503 the generator failed or
+is restarting (safe to retry: generation is greedy and has no side effects).
 """
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request)
 # as objects, in processes where the pickled class has no module globals to resolve names in.
+import asyncio
 import dataclasses
 import json
 import os
@@ -198,9 +202,16 @@ class Generator:
         return self.core.stats()
 
 
+# No /docs or /redoc pages: FastAPI's load their scripts from a public CDN, a blank page on a
+# machine without internet; the schema itself is at /openapi.json.
 api = FastAPI(title="personal: personalized smart-home assistant", version=__version__,
               description="Answers a user's message with that user's adapter of a finished "
-                          "run (its strategy's routing), greedy, batched across users.")
+                          "run (its strategy's routing), greedy, batched across users.",
+              docs_url=None, redoc_url=None)
+
+#: Seconds /healthz waits for the generator: a restarting replica answers 503 at once
+#: instead of holding the health check for the ~10 s of its restart.
+HEALTH_TIMEOUT_S = 2.0
 
 
 class AssistResponse(BaseModel):
@@ -304,8 +315,8 @@ class Router:
         if refused is not None:
             return refused
         try:
-            stats = await self.generator.stats.remote()
-        except Exception as err:  # noqa: BLE001
+            stats = await asyncio.wait_for(self.generator.stats.remote(), HEALTH_TIMEOUT_S)
+        except Exception as err:  # noqa: BLE001 - dead, restarting or too slow to answer
             return _error(503, f"generator unavailable ({type(err).__name__})")
         return {"status": "ok", **self.info, "max_batch_size": self.cfg.max_batch_size,
                 "max_loaded_adapters": self.cfg.max_loaded_adapters, "generator": stats}
