@@ -80,23 +80,23 @@ def check_raw(files, capsys):
             assert problems and "nothing was changed" in err
 
 
-def test_random_raw_corruption_is_reported_never_raised(clean, capsys):
-    @FEW
-    @given(raw_corruption(clean))
-    def run(files):
-        check_raw(files, capsys)
+def check_all(profile, cases, check, capsys) -> None:
+    """Run `check(case, capsys)` on the cases hypothesis draws under `profile`."""
+    @profile
+    @given(cases)
+    def run(case):
+        check(case, capsys)
 
     run()
+
+
+def test_random_raw_corruption_is_reported_never_raised(clean, capsys):
+    check_all(FEW, raw_corruption(clean), check_raw, capsys)
 
 
 @pytest.mark.slow
 def test_many_random_raw_corruptions(clean, capsys):
-    @MANY
-    @given(raw_corruption(clean))
-    def run(files):
-        check_raw(files, capsys)
-
-    run()
+    check_all(MANY, raw_corruption(clean), check_raw, capsys)
 
 
 # --- value-level corruption inside one session -------------------------------------------------
@@ -146,22 +146,12 @@ def check_session(case, capsys):
 
 
 def test_a_broken_session_is_named_and_exactly_it_is_dropped(clean, capsys):
-    @FEW
-    @given(session_corruption(clean))
-    def run(case):
-        check_session(case, capsys)
-
-    run()
+    check_all(FEW, session_corruption(clean), check_session, capsys)
 
 
 @pytest.mark.slow
 def test_many_broken_sessions(clean, capsys):
-    @MANY
-    @given(session_corruption(clean))
-    def run(case):
-        check_session(case, capsys)
-
-    run()
+    check_all(MANY, session_corruption(clean), check_session, capsys)
 
 
 # --- config overrides --------------------------------------------------------------------------
