@@ -236,6 +236,38 @@ def test_hostile_requests_get_a_named_4xx(served):
 
 
 @pytest.mark.slow
+def test_schema_driven_fuzzing_finds_no_5xx_and_no_schema_violation(served):
+    """schemathesis draws requests from the app's own OpenAPI schema: every answer is below
+    500, has a declared status and content type and conforms to the schema's responses, and
+    a good request is still answered after it. (Its "schema-valid request rejected" check is
+    left out: "the last message is the user's" cannot be said in the JSON schema, so such
+    bodies are refused with a 422 naming the field, as the schema's description says.)"""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import (content_type_conformance, not_a_server_error,
+                                     response_schema_conformance, status_code_conformance)
+
+    schema = schemathesis.openapi.from_url(served + "/openapi.json")
+    assist = schema["/v1/assist"]["POST"]
+    statuses = []
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(assist.as_strategy())
+    def fuzz(case):
+        response = case.call(headers={"Content-Type": "application/json"}, timeout=60)
+        statuses.append(response.status_code)
+        assert response.status_code < 500, (case.body, response.text)
+        case.validate_response(response, checks=[not_a_server_error, status_code_conformance,
+                                                 content_type_conformance,
+                                                 response_schema_conformance])
+
+    fuzz()
+    assert len(statuses) >= 20 and statuses.count(200) >= 5, sorted(set(statuses))
+    status, reply = post(served, {"user_id": "persona_000", "messages": HELLO})
+    assert status == 200 and reply["text"] is not None
+
+
+@pytest.mark.slow
 def test_openapi_and_health(served):
     with urllib.request.urlopen(served + "/openapi.json", timeout=30) as resp:
         spec = json.loads(resp.read())

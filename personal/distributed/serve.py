@@ -276,8 +276,8 @@ class Router:
         return None
 
     @api.post("/v1/assist", response_model=AssistResponse,
-              responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-                         503: {"model": ErrorResponse}},
+              responses={code: {"model": ErrorResponse}
+                         for code in (400, 403, 415, 422, 500, 503)},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": request_schema(ServeConfig())}}}})
     async def assist(self, request: Request):
