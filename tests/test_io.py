@@ -30,8 +30,13 @@ def rich_dataset() -> Dataset:
         ])
     plain = Persona("persona_001", "Noah likes a chat.", [],
                     [Session(0, dict(META), [Message("user", "Hi")])])
-    unknown = Persona("persona_002", None, [], [])
+    unknown = Persona("persona_002", None, [], [one_session()])
     return Dataset([ava, plain, unknown])
+
+
+def one_session() -> Session:
+    """The least a persona needs: one session."""
+    return Session(0, None, [Message("user", "Hi"), Message("assistant", "Hello.")])
 
 
 def file_bytes(folder: Path) -> dict:
@@ -51,8 +56,9 @@ def test_round_trip_equal_and_byte_identical(tmp_path):
 
 
 def test_non_canonical_persona_ids_survive_the_round_trip(tmp_path):
-    ds = Dataset([Persona("alice", "A.", [], []), Persona("persona_001", "B.", [], []),
-                  Persona("carol", None, [], [], name="Carol")])
+    ds = Dataset([Persona("alice", "A.", [], [one_session()]),
+                  Persona("persona_001", "B.", [], [one_session()]),
+                  Persona("carol", None, [], [one_session()], name="Carol")])
     write_dataset(ds, tmp_path)
     first = (tmp_path / "characters.jsonl").read_text(encoding="utf-8").splitlines()
     assert json.loads(first[0]) == {"persona_id": "alice", "character": "A."}
@@ -64,7 +70,8 @@ def test_null_devices_are_dropped_in_memory(tmp_path):
     (tmp_path / "characters.jsonl").write_text('"x"\n')
     (tmp_path / "routines.jsonl").write_text(
         '[{"triggers": {}, "actions": {"tv": null, "ac": {"mode": "cool"}, "lights": null}}]\n')
-    (tmp_path / "sessions.jsonl").write_text("[]\n")
+    (tmp_path / "sessions.jsonl").write_text(
+        '[{"session_id": 0, "messages": [{"role": "user", "text": "Hi"}]}]\n')
     assert load_dataset(tmp_path).personas[0].routines[0].actions == {"ac": {"mode": "cool"}}
 
 
@@ -76,7 +83,8 @@ def test_strict_load_raises_a_data_error_never_a_raw_exception(tmp_path):
 
 
 def make_splits():
-    return {"persona_000": Split([0], [], [1]), "persona_001": Split([], [0], [], cold_start=True)}
+    return {"persona_000": Split([0], [], [1]), "persona_001": Split([], [0], [], cold_start=True),
+            "persona_002": Split([0], [], [])}
 
 
 def test_splits_round_trip(tmp_path):

@@ -267,3 +267,18 @@ def test_a_split_without_training_sessions_is_refused(dataset, capsys):
     (dataset / "splits.json").write_text(json.dumps(empty), encoding="utf-8")
     code, _, err = run_cli(capsys, "data", "validate", dataset)
     assert code == 2 and "every train list is empty" in err
+
+
+def test_a_persona_without_sessions_and_a_splits_file_missing_one_are_named(dataset, capsys):
+    splits = json.loads((dataset / "splits.json").read_text(encoding="utf-8"))
+    del splits["persona_003"]
+    (dataset / "splits.json").write_text(json.dumps(splits), encoding="utf-8")
+    code, _, err = run_cli(capsys, "data", "validate", dataset)
+    assert code == 2 and "splits.json: no entry for 1 persona(s) of the dataset, e.g. " \
+                         "persona_003" in err
+    path = dataset / "sessions.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[2] = "[]"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, _, err = run_cli(capsys, "data", "validate", dataset)
+    assert code == 2 and "sessions.jsonl:3: no sessions; a persona needs at least one" in err

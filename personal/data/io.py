@@ -122,6 +122,11 @@ def read_splits(path: str | Path, dataset: Dataset | None = None) -> Splits:
         problems += found
         if dataset is not None:
             problems += validate_splits(splits, dataset, str(path), split_key_lines(text))
+    if not problems and dataset is not None:
+        missing = [p.persona_id for p in dataset.personas if p.persona_id not in splits]
+        if missing:
+            problems.append(Problem(str(path), None, "", f"no entry for {len(missing)} persona(s) "
+                                    f"of the dataset, e.g. {', '.join(missing[:3])}"))
     if not problems and splits and not any(split.train for split in splits.values()):
         problems.append(Problem(str(path), None, "", "every train list is empty: no persona "
                                 "has a training session"))

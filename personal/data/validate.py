@@ -563,6 +563,8 @@ def _check_persona(index: int, rows: dict, path: Path, result: ValidationResult,
     ident = parse_character(lines[CHARACTERS].value, sites[CHARACTERS]) if good[CHARACTERS] else {}
     routines = parse_routines(lines[ROUTINES].value, sites[ROUTINES]) if good[ROUTINES] else None
     values = session_list(lines[SESSIONS].value, sites[SESSIONS]) if good[SESSIONS] else None
+    if values == []:
+        sites[SESSIONS].problem("", "no sessions; a persona needs at least one")
     pid = ident.get("persona_id") or persona_id_for_line(index)
     if pid in first_line:
         sites[CHARACTERS].problem("persona_id", f"duplicate persona id {pid!r}, already used on "
