@@ -42,10 +42,9 @@ app.add_typer(base_app, name="base")
 MAX_SYNTH_USERS, MAX_SYNTH_SESSIONS = 20_000, 2_000
 
 
-def _fresh_folder(out: Path, force: bool) -> None:
-    """Check `out` (see `check_output_folder`); with --force, remove the splits file of the
-    dataset being replaced, which would no longer match it."""
-    check_output_folder(out, force)
+def _drop_stale_splits(out: Path, force: bool) -> None:
+    """With --force, remove the splits file of the dataset being replaced in `out` (checked
+    by `check_output_folder` before any work), which would no longer match it."""
     stale = Path(out) / "splits.json"
     if force and stale.is_file():
         stale.unlink()
@@ -76,7 +75,8 @@ def data_synth(
     if not 1 <= users <= MAX_SYNTH_USERS or not 1 <= sessions <= MAX_SYNTH_SESSIONS:
         raise PersonalError(f"--users must be in 1..{MAX_SYNTH_USERS} and --sessions in "
                             f"1..{MAX_SYNTH_SESSIONS}, got {users} and {sessions}")
-    _fresh_folder(out, force)
+    check_output_folder(out, force)
+    _drop_stale_splits(out, force)
     t0 = time.perf_counter()
     ds = write_synth(out, users=users, sessions=sessions, seed=seed, population=population)
     n_turns = sum(len(s.messages) for p in ds.personas for s in p.sessions)
@@ -116,7 +116,7 @@ def data_validate(
         raise PersonalError(f"{path}: nothing valid is left ({len(result.problems)} "
                             f"problem(s)); no dataset was written")
     if out is not None:
-        _fresh_folder(out, force)
+        _drop_stale_splits(out, force)
         write_dataset(result.dataset, out)
         typer.echo(f"wrote the kept records to {out} (no splits.json: the kept sessions are "
                    f"numbered anew; make one with `personal data split {out}`)")

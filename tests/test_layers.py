@@ -14,3 +14,14 @@ def test_import_layers_are_kept():
                           timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "1 kept, 0 broken" in done.stdout
+
+
+def test_the_command_line_starts_without_torch():
+    """`personal --help` and the data commands stay fast: importing the CLI loads neither
+    torch nor Ray (a light module that reaches for one makes every command ~2 s slower)."""
+    code = ("import sys, personal.cli; "
+            "print(sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

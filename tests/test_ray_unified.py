@@ -1,14 +1,15 @@
-"""The unified adapter, data-parallel: one worker is exactly `train_lora`, a checkpoint resumes
-exactly, and two Ray Train workers (gloo on CPU) produce the same adapter as one process."""
+"""The unified adapter, data-parallel: an explicit one-worker collective is exactly
+`train_lora`, a checkpoint resumes exactly, and two Ray Train workers (gloo on CPU) produce
+the same adapter as one process."""
 
 import pytest
 import torch
 from peft import PeftModel
 
 from personal.distributed.smoke import smoke_config
-from personal.distributed.unified import ADAPTER, train_lora_dp
+from personal.distributed.unified import ADAPTER
 from personal.experiment.context import Context
-from personal.models.core import PARITY_RTOL, lora_products, relative_difference
+from personal.models.core import PARITY_RTOL, Collective, lora_products, relative_difference
 from personal.models.lora import train_lora
 
 torch.set_num_threads(1)
@@ -31,7 +32,8 @@ def test_one_worker_is_exactly_train_lora(world, tmp_path):
     model, tok = ctx.base
     tr, va, fmt = ctx.examples("train"), ctx.examples("val"), ctx.prompt_format()
     ref = train_lora(model, tok, tr, va, cfg.lora, cfg.train, progress=False, fmt=fmt)
-    dp = train_lora_dp(model, tok, tr, va, cfg.lora, cfg.train, fmt=fmt)
+    dp = train_lora(model, tok, tr, va, cfg.lora, cfg.train, progress=False, fmt=fmt,
+                    coll=Collective())
     assert dp.train_losses == ref.train_losses and dp.val_losses == ref.val_losses
     a, b = trainable(ref.model), trainable(dp.model)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -42,14 +44,14 @@ def test_resume_from_checkpoint_equals_uninterrupted(world, tmp_path):
     ctx = Context.create(cfg, tmp_path / "run")
     model, tok = ctx.base
     tr, va, fmt = ctx.examples("train"), ctx.examples("val"), ctx.prompt_format()
-    full = train_lora_dp(model, tok, tr, va, cfg.lora, cfg.train, fmt=fmt)
+    full = train_lora(model, tok, tr, va, cfg.lora, cfg.train, fmt=fmt)
     saved = []
-    train_lora_dp(model, tok, tr, va, cfg.lora, cfg.train, fmt=fmt,
-                  on_check=lambda metrics, state: saved.append((metrics["step"], state())),
-                  stop_after=3)  # eval_every=3: the check at step 3 made a checkpoint
+    train_lora(model, tok, tr, va, cfg.lora, cfg.train, fmt=fmt,
+               on_check=lambda metrics, state: saved.append((metrics["step"], state())),
+               stop_after=3)  # eval_every=3: the check at step 3 made a checkpoint
     assert [s for s, _ in saved] == [3]
-    resumed = train_lora_dp(model, tok, tr, va, cfg.lora, cfg.train, fmt=fmt,
-                            resume=saved[-1][1])
+    resumed = train_lora(model, tok, tr, va, cfg.lora, cfg.train, fmt=fmt,
+                         resume=saved[-1][1])
     assert resumed.val_losses == full.val_losses and resumed.steps == full.steps
     a, b = trainable(full.model), trainable(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a)

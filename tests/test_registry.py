@@ -147,7 +147,7 @@ def test_plans_servable_list_ray_forms_and_eta_come_from_the_registry():
                                           if s.serving.servable}
     assert "retrieval" not in servable_strategies()
     assert "retrieval index" in get_strategy("retrieval").serving.reason
-    assert set(ray_units(None)) == {"train/unified_lora"}
+    assert set(ray_units()) == {"train/unified_lora"}
     assert expected_seconds("train/per_user_lora") == get_strategy(
         "per_user_lora").expected_seconds["train/per_user_lora"]
 

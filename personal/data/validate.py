@@ -110,7 +110,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     return seen
 
 
-def loads(text: str) -> Any:
+def loads(text: str | bytes) -> Any:
     """json.loads that refuses an object with a repeated key (DuplicateKey)."""
     return json.loads(text, object_pairs_hook=_no_duplicate_keys)
 

@@ -39,7 +39,7 @@ def ray_form(target: str) -> Callable:
         raise PersonalError(f"Ray form {target!r} cannot be loaded: {err}") from None
 
 
-def ray_units(ctx) -> dict[str, Callable]:
+def ray_units() -> dict[str, Callable]:
     """Unit name -> (ctx -> work function), from every registered strategy's `ray_forms`."""
     return {unit: ray_form(target) for spec in all_strategies()
             for unit, target in spec.ray_forms.items()}
@@ -49,7 +49,7 @@ def ray_stages(ctx, name: str) -> list[list[Unit]]:
     """The strategy's stages, units with a Ray form swapped in (same names and inputs); the
     context's fleets go to Ray Train too (`Context.fleet_backend`)."""
     ctx.fleet_backend = ray_backend
-    forms = ray_units(ctx)
+    forms = ray_units()
     stages = strategy_units(ctx, name)
     return [[Unit(u.name, u.inputs, forms[u.name](ctx), u.outputs, u.needs_base)
              if u.name in forms else u for u in stage] for stage in stages]

@@ -62,31 +62,32 @@ def _load_groups(ctx, keyed: dict[str, dict]) -> dict[str, list[Example]]:
 
 def train_fleet(ctx, groups: dict[str, Sequence[Example]],
                 val_groups: Optional[dict[str, Sequence[Example]]] = None, *,
+                spec: FleetSpec = FleetSpec(), **options) -> dict[str, dict]:
+    """`strategies.fleet.train_fleet` with Ray Train's options (`ray_backend`'s): one adapter
+    per group into `run/<spec.folder>/<name>/`; returns every adapter's record (finished
+    ones are skipped)."""
+    check_fleet(groups)
+    ray_backend(ctx, groups, val_groups or {}, spec, **options)
+    return fleet_records(ctx, groups, spec)
+
+
+def ray_backend(ctx, groups: dict[str, Sequence[Example]],
+                val_groups: dict[str, Sequence[Example]], spec: FleetSpec, *,
                 split: str = "train", val_split: str = "val", use_ray: Optional[bool] = None,
                 num_workers: Optional[int] = None, adapters_per_call: int = 0,
-                max_failures: int = 2, fault: Optional[dict] = None,
-                spec: FleetSpec = FleetSpec()) -> dict[str, dict]:
-    """`strategies.fleet.train_fleet` with Ray Train's options: one adapter per group into
-    `run/<spec.folder>/<name>/`; returns every adapter's record (finished ones are skipped).
-    Groups hold examples of the run's `split` (their validation examples: `val_split`).
-    use_ray None: on Ray Train when `ray_buys_parallelism`; otherwise (or use_ray False)
-    this process trains all shards."""
-    check_fleet(groups)
+                max_failures: int = 2, fault: Optional[dict] = None) -> None:
+    """The fleet backend the Ray executor gives its contexts (`Context.fleet_backend`): the
+    fleet on Ray Train when `ray_buys_parallelism` (use_ray None), else every shard in this
+    process. Groups hold examples of the run's `split` (their validation examples:
+    `val_split`)."""
     workers = num_workers or ctx.cfg.ray.num_workers
     if use_ray is None:
         use_ray = ray_buys_parallelism(ctx.cfg, workers)
     if not use_ray:
         train_shard(ctx, groups, val_groups, adapters_per_call=adapters_per_call, spec=spec)
     else:
-        _fleet_on_ray(ctx, groups, val_groups or {}, split, val_split, workers,
-                      adapters_per_call, max_failures, fault, spec)
-    return fleet_records(ctx, groups, spec)
-
-
-def ray_backend(ctx, groups: dict[str, Sequence[Example]],
-                val_groups: dict[str, Sequence[Example]], spec: FleetSpec) -> None:
-    """The fleet backend the Ray executor gives its contexts (`Context.fleet_backend`)."""
-    train_fleet(ctx, groups, val_groups, spec=spec)
+        _fleet_on_ray(ctx, groups, val_groups, split, val_split, workers, adapters_per_call,
+                      max_failures, fault, spec)
 
 
 def ray_buys_parallelism(cfg, workers: int) -> bool:

@@ -31,7 +31,7 @@ from personal.data.embed import share_embeddings
 from personal.distributed.runtime import allocator_env, config_payload, worker_context
 from personal.errors import PersonalError
 from personal.experiment import pipeline
-from personal.experiment.progress import expected_seconds
+from personal.experiment.progress import expected_seconds, expected_table
 from personal.experiment.runs import _attach_log, console_log
 
 # Ray is imported inside the functions that use it: this module imports without Ray.
@@ -161,7 +161,8 @@ def run_lanes(ctx, strategies: list[str], stages_fn: Callable, progress, *,
     actors = start_lanes(ctx, lanes, stages_fn) if actors is None else list(actors)
     try:
         graph = plan_graph(ctx, strategies, stages_fn)
-        priority = critical_paths(graph, expected_seconds)
+        table = expected_table()  # once, not once per unit
+        priority = critical_paths(graph, lambda unit: expected_seconds(unit, table))
         free, running, done, started = actors[:len(graph)], {}, set(), set()
         while len(done) < len(graph):
             for name in ready_units(graph, done, started, priority)[:len(free)]:

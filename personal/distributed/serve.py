@@ -23,7 +23,6 @@ is restarting (safe to retry: generation is greedy and has no side effects).
 # as objects, in processes where the pickled class has no module globals to resolve names in.
 import asyncio
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -41,6 +40,7 @@ from personal.config import load_config
 from personal.distributed.runtime import config_payload, ray_runtime, worker_context
 from personal.engine import (generate_routed, import_peft, inject_from_peft, inject_stacked_lora,
                              load_adapter_state)
+from personal.data.validate import DuplicateKey, loads
 from personal.errors import PersonalError
 from personal.eval.parser import parse_actions
 from personal.experiment.pipeline import strategy_units, trained_strategies
@@ -228,16 +228,6 @@ class ErrorResponse(BaseModel):
     field: Optional[str] = None
 
 
-def _unique_keys(pairs: list) -> dict:
-    """A JSON object whose keys are all different (else which `role` is meant?)."""
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"key {key!r} appears twice in one object")
-        out[key] = value
-    return out
-
-
 def _error(status: int, message: str, field: Optional[str] = None) -> JSONResponse:
     return JSONResponse({"error": message, "field": field}, status_code=status)
 
@@ -287,10 +277,12 @@ class Router:
         if refused is not None:
             return refused
         try:
-            body = json.loads(await request.body(), object_pairs_hook=_unique_keys)
+            body = loads(await request.body())  # refuses a key given twice, as the data does
         except RecursionError:
             return _error(400, "body: JSON nested too deeply", "body")
-        except ValueError as err:  # malformed JSON, not UTF-8, or a key given twice
+        except DuplicateKey as err:
+            return _error(400, f"body: key {str(err)!r} appears twice in one object", "body")
+        except ValueError as err:  # malformed JSON, not UTF-8
             return _error(400, f"body: not valid JSON ({err})", "body")
         try:
             req = parse_request(body, self.cfg)

@@ -16,7 +16,6 @@ Checkpoints (adapter, optimiser, schedule, data position, best weights) are repo
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -28,43 +27,10 @@ from personal.distributed.runtime import (config_payload, prepare_base, scaling_
                                           storage_dir, worker_context, worker_threads)
 from personal.errors import PersonalError
 from personal.models.core import Collective, default_collective
-from personal.models.lora import (TrainResult, pad_id, prepare_training, save_adapter,
-                                  train_settings)
-from personal.models.training import train_loop
+from personal.models.lora import train_lora
 from personal.strategies.unified import ADAPTER, training_inputs
 
 CHECKPOINT_FILE = "state.pt"
-
-
-def dp_train_loop(model, train, val, s, pad_id: int, coll: Optional[Collective] = None,
-                  **kwargs: Any):
-    """The one training loop (`models.training.train_loop`) over `coll`, without a progress
-    bar; kept under this name and signature for its callers."""
-    return train_loop(model, train, val, s, pad_id, progress=False, coll=coll, **kwargs)
-
-
-# --- One adapter, any number of workers -----------------------------------------------------
-
-def train_lora_dp(model, tokenizer, train_examples, val_examples, lora_cfg, train_cfg,
-                  out_dir: str | Path | None = None, *, fmt, coll: Optional[Collective] = None,
-                  resume: Optional[dict] = None, on_check=None,
-                  stop_after: int = 0, stepper: Optional[Callable[..., Any]] = None
-                  ) -> TrainResult:
-    """`models.lora.train_lora` on `coll.world` workers: same seed, same adapter init, same
-    schedule; worker 0 writes the peft folder (plus training.json) to `out_dir`. `stepper`:
-    a stepper factory of `models.core` (default AdamW; DeepSpeed's engine)."""
-    coll = coll or Collective()
-    adapted, train, val = prepare_training(model, tokenizer, train_examples, val_examples,
-                                           lora_cfg, train_cfg, fmt)
-    extra = {"stepper": stepper} if stepper is not None else {}
-    loop = train_loop(adapted, train, val, train_settings(train_cfg), pad_id(tokenizer),
-                      progress=False, coll=coll, resume=resume, on_check=on_check,
-                      stop_after=stop_after, **extra)
-    adapted.eval()
-    result = TrainResult(model=adapted, **dataclasses.asdict(loop))
-    if out_dir is not None and coll.rank == 0:
-        result.adapter_dir = str(save_adapter(adapted, out_dir, result))
-    return result
 
 
 def train_unified(ctx, coll: Optional[Collective] = None, resume: Optional[dict] = None,
@@ -75,11 +41,11 @@ def train_unified(ctx, coll: Optional[Collective] = None, resume: Optional[dict]
     context's, e.g. moved to this worker's GPU)."""
     base, tokenizer = ctx.base
     personas = ctx.training_personas()
-    result = train_lora_dp(model if model is not None else base, tokenizer,
-                           ctx.examples("train", personas), ctx.examples("val", personas),
-                           ctx.cfg.lora, ctx.cfg.train, out_dir=ctx.run.path / ADAPTER,
-                           fmt=ctx.prompt_format(), coll=coll, resume=resume,
-                           on_check=on_check, stepper=stepper)
+    result = train_lora(model if model is not None else base, tokenizer,
+                        ctx.examples("train", personas), ctx.examples("val", personas),
+                        ctx.cfg.lora, ctx.cfg.train, out_dir=ctx.run.path / ADAPTER,
+                        progress=False, fmt=ctx.prompt_format(), coll=coll, resume=resume,
+                        on_check=on_check, stepper=stepper)
     return {k: v for k, v in result.to_dict().items()
             if k not in ("train_losses", "term_losses")}
 

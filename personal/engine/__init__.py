@@ -2,7 +2,7 @@
 base, trained each as if alone in shared forward passes, generated in mixed batches, and
 exchanged as standard peft folders."""
 from personal.engine.generate import generate_mixed, generate_routed
-from personal.engine.optim import StackedAdamW, clip_per_adapter, linear_warmup_decay
+from personal.engine.optim import StackedAdamW, clip_per_adapter
 from personal.engine.peft_io import export_peft, import_peft, inject_from_peft
 from personal.engine.prompts import PromptTables, attach_prompts, build_inputs
 from personal.engine.sampler import adapter_batches
@@ -19,7 +19,7 @@ __all__ = [
     "StackedWeights", "adapter_batches", "adapter_rows", "adapter_state", "attach_prompts",
     "build_inputs", "clip_per_adapter", "export_peft", "generate_mixed", "generate_routed",
     "import_peft",
-    "inject_from_peft", "inject_stacked_lora", "linear_warmup_decay", "load_adapter_state",
+    "inject_from_peft", "inject_stacked_lora", "load_adapter_state",
     "load_stacked_weights", "set_adapter_rows", "stacked_parameters", "stacked_weights",
     "train_stacked", "validation_losses",
 ]

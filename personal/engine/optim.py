@@ -1,4 +1,5 @@
-"""Per-adapter optimisation over stacked parameters: AdamW, clipping and the lr schedule.
+"""Per-adapter optimisation over stacked parameters: AdamW and clipping (the lr schedule is the
+training core's, `models.core.lr_factor`).
 
 Every stacked parameter has the adapter as its leading dimension, so adapter k owns slice
 `p[k]` of every parameter. Each adapter keeps its own step count, learning rate, gradient norm
@@ -13,17 +14,6 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
-
-from personal.models.core import lr_factor, warmup_steps
-
-#: `warmup_steps` is the core's, re-exported for the callers that import it from here.
-__all__ = ["StackedAdamW", "clip_per_adapter", "linear_warmup_decay", "warmup_steps"]
-
-
-def linear_warmup_decay(step: int, total: int, warmup: int) -> float:
-    """Learning-rate multiplier before optimiser step `step` (0-based): the training core's
-    one schedule (`models.core.lr_factor`) with linear decay, as every path uses it."""
-    return lr_factor(step, total, warmup, "linear")
 
 
 @torch.no_grad()

@@ -21,14 +21,12 @@ from personal.experiment.units import (eval_inputs, eval_settings,  # noqa: F401
                                        prompt_hash, recorded_predictions, strategy_units,
                                        trained_hash)
 from personal.strategies.registry import get_strategy, strategy_config
-from personal.strategies.registry import plans as registry_plans
+# `personal run --plan NAME`: the plans each registered strategy declared (phase1 is the
+# study's table; baseline: base and unified), re-exported for the command line.
+from personal.strategies.registry import plans  # noqa: F401
 
 log = logging.getLogger("personal")
 
-def plans() -> dict[str, list[str]]:
-    """Named lists of strategies for `personal run --plan`, from what each registered
-    strategy declared (phase1 is the study's table; baseline: base and unified)."""
-    return registry_plans()
 
 
 def train_strategy(ctx: Context, name: str, stages_fn=strategy_units) -> str:

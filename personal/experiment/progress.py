@@ -4,9 +4,10 @@
     run.progress = progress            # Run.run_unit reports every unit's start and end
 
 The ETA adds the expected seconds of the units still to run. Expected seconds come from
-`expected_table()` (the strategies' registered seconds), measured for the default 200-user job on a 2-core CPU machine, scaled
-by how fast this machine has been on the units finished so far (so a GPU or a smaller job
-corrects the estimate after its first units). Units skipped on resume count zero.
+`expected_table()` (generic entries and the strategies' registered seconds), measured for the
+default 200-user job on a 2-core CPU machine, scaled by how fast this machine has been on the
+units finished so far (so a GPU or a smaller job corrects the estimate after its first
+units). Units skipped on resume count zero.
 """
 from __future__ import annotations
 

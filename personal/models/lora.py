@@ -24,7 +24,7 @@ from personal.config import Config
 from personal.data.schema import Example
 from personal.errors import PersonalError
 from personal.models.chat import PromptFormat
-from personal.models.core import LossTerm
+from personal.models.core import Collective, LossTerm
 from personal.models.training import LoopSettings, seed_everything, train_loop
 
 
@@ -86,22 +86,26 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, train_examples: Sequence[
                fmt: Optional[PromptFormat] = None,
                start: Optional[Callable[[], peft.PeftModel]] = None,
                desc: str = "train adapter", terms: Optional[Sequence[LossTerm]] = None,
-               group_lrs: Optional[dict[str, float]] = None) -> TrainResult:
+               group_lrs: Optional[dict[str, float]] = None,
+               coll: Optional[Collective] = None, **loop_options: Any) -> TrainResult:
     """Train one LoRA adapter on `train_examples` (loss on target turns only), early-stopping
     on the loss of `val_examples`. The same seed gives the same adapter on CPU. With
-    `out_dir`, save a standard peft adapter folder there (plus training.json). `start`
-    builds the adapter to continue (called after seeding); None attaches a fresh one.
-    `terms`: the loss terms (default: the LM loss alone); `group_lrs`: lr per parameter
-    group (`models.core.default_group`), the others at `train_cfg.lr`."""
+    `out_dir`, save a standard peft adapter folder there (plus training.json; worker 0 only
+    when data-parallel). `start` builds the adapter to continue (called after seeding); None
+    attaches a fresh one. `terms`: the loss terms (default: the LM loss alone);
+    `group_lrs`: lr per parameter group (`models.core.default_group`), the others at
+    `train_cfg.lr`. `coll` and `loop_options` (resume, on_check, stop_after, stepper) go to
+    `models.training.train_loop`: the same training on `coll.world` workers."""
+    coll = coll or Collective()
     adapted, train, val = prepare_training(model, tokenizer, train_examples, val_examples,
                                            lora_cfg, train_cfg, fmt or _default_format(),
                                            start)
     settings = dataclasses.replace(train_settings(train_cfg), group_lrs=group_lrs)
     loop = train_loop(adapted, train, val, settings, pad_id(tokenizer), progress=progress,
-                      desc=desc, terms=terms)
+                      desc=desc, terms=terms, coll=coll, **loop_options)
     adapted.eval()
     result = TrainResult(model=adapted, **dataclasses.asdict(loop))
-    if out_dir is not None:
+    if out_dir is not None and coll.rank == 0:
         result.adapter_dir = str(save_adapter(adapted, out_dir, result))
     return result
 

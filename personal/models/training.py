@@ -234,7 +234,7 @@ def train_loop(model: torch.nn.Module, train: Sequence[Features], val: Sequence[
                on_check: Optional[Callable[[dict, Callable[[], dict]], None]] = None,
                stop_after: int = 0, terms: Optional[Sequence[LossTerm]] = None,
                group_of: Callable[[str], str] = default_group,
-               stepper: Callable[..., Any] = adamw_stepper) -> LoopResult:
+               stepper: Optional[Callable[..., Any]] = None) -> LoopResult:
     """Train the parameters of `model` that require grad on the loss `terms` (default: the
     LM loss). With `val` and `patience` > 0, stop after `patience` checks without
     improvement; the best weights are restored (the initial weights count as a check, so
@@ -243,11 +243,12 @@ def train_loop(model: torch.nn.Module, train: Sequence[Features], val: Sequence[
     Data-parallel over `coll`: every worker draws the same global batch and takes rows r,
     r+W, ...; each term is divided by its count summed over workers, so the update is the
     one-process update up to float summation order (exactly it with one worker).
-    `stepper(model, groups, lr_lambda, s, coll)` builds what applies a step (default AdamW;
+    `stepper(model, groups, lr_lambda, s, coll)` builds what applies a step (None: AdamW;
     a DeepSpeed engine's in `distributed.deepspeed`). `on_check(metrics, state)` is called
     after every validation check (`state()` builds a checkpoint); `resume` is such a
     checkpoint. `stop_after` > 0 stops after that many steps (to test resuming)."""
-    run = _start(model, train, val, s, pad_id, coll or Collective(), terms, group_of, stepper)
+    run = _start(model, train, val, s, pad_id, coll or Collective(), terms, group_of,
+                 stepper or adamw_stepper)
     res, total = run.res, len(run.plan)
     every = s.eval_every if s.eval_every > 0 else math.ceil(len(train) / s.batch_size)
     bar = tqdm(total=total, initial=res.steps, desc=desc, disable=not progress, leave=False)

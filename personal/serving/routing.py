@@ -16,6 +16,7 @@ what a valid request is.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -384,8 +385,6 @@ def host_of(header: str) -> str:
 def port_free(host: str, port: int) -> bool:
     """Whether nothing listens on host:port (a second server would split its traffic: Serve's
     proxy binds with SO_REUSEPORT)."""
-    import socket
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

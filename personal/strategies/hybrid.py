@@ -59,8 +59,7 @@ def predictor(ctx, scfg: HybridConfig):
 def routes(ctx, scfg: HybridConfig) -> RouteTable:
     """Each user with an adapter gets it; everybody else the unified adapter."""
     unified_route = Route.one(unified.ADAPTER)
-    names = set(user_groups(ctx, "train"))
-    return RouteTable("hybrid_lora", own_or(ctx, FOLDER, unified_route, names), unified_route)
+    return RouteTable("hybrid_lora", own_or(ctx, FOLDER, unified_route), unified_route)
 
 
 register_strategy("hybrid_lora", config=HybridConfig, stages=stages, predictor=predictor,

@@ -61,7 +61,8 @@ def stages(ctx, scfg: PerUserConfig) -> list:
 
 def predictor(ctx, scfg: PerUserConfig):
     names = sorted(user_groups(ctx, "train"))
-    folders = [child_path(ctx.run.path / FOLDER, n, "persona id") for n in names] + fallback_folders(ctx, scfg.fallback)
+    folders = [child_path(ctx.run.path / FOLDER, n, "persona id") for n in names] + \
+        fallback_folders(ctx, scfg.fallback)
     fallback = len(names) if scfg.fallback == "unified" else -1
     return routed_predictor(ctx, folders, per_user_route(names, fallback))
 
@@ -70,8 +71,7 @@ def routes(ctx, scfg: PerUserConfig) -> RouteTable:
     """Each user with an adapter gets it; other known users the fallback, unknown ids the
     unified adapter when the run has it, else the base."""
     other = Route.one(unified.ADAPTER) if scfg.fallback == "unified" else BASE
-    names = set(user_groups(ctx, "train"))
-    return RouteTable("per_user_lora", own_or(ctx, FOLDER, other, names), unknown_fallback(ctx))
+    return RouteTable("per_user_lora", own_or(ctx, FOLDER, other), unknown_fallback(ctx))
 
 
 register_strategy("per_user_lora", config=PerUserConfig, stages=stages, predictor=predictor,

@@ -61,8 +61,7 @@ def predictor(ctx, scfg: PrefixConfig):
 def routes(ctx, scfg: PrefixConfig) -> RouteTable:
     """Soft prompts and the unified LoRA have different key sets: users without a prefix get
     the base model, as offline."""
-    names = set(user_groups(ctx, "train"))
-    return RouteTable("prefix_per_user", own_or(ctx, FOLDER, BASE, names), BASE, "prompt")
+    return RouteTable("prefix_per_user", own_or(ctx, FOLDER, BASE), BASE, "prompt")
 
 
 register_strategy("prefix_per_user", config=PrefixConfig, stages=stages, predictor=predictor,

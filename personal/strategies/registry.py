@@ -56,11 +56,11 @@ class Unit:
 
 @dataclass(frozen=True)
 class Serving:
-    """How the Serve app answers a strategy: `routes(ctx, strategy_cfg)` returns its RouteTable (user id ->
-    adapters and weights, `personal.strategies.routes`); without one, `reason` says why it
-    cannot be served."""
+    """How the Serve app answers a strategy: `routes(ctx, strategy_cfg)` returns its
+    RouteTable (user id -> adapters and weights, `personal.strategies.routes`); without one,
+    `reason` says why it cannot be served."""
 
-    routes: Optional[Callable[[Any], Any]] = None
+    routes: Optional[Callable[[Any, Any], Any]] = None
     reason: str = ""
 
     @property
@@ -68,8 +68,9 @@ class Serving:
         return self.routes is not None
 
 
-def servable(routes: Callable[[Any], Any]) -> Serving:
-    """Served through `routes(ctx, strategy_cfg) -> RouteTable`, exactly as its predictor routes turns."""
+def servable(routes: Callable[[Any, Any], Any]) -> Serving:
+    """Served through `routes(ctx, strategy_cfg) -> RouteTable`, exactly as its predictor
+    routes turns."""
     return Serving(routes=routes)
 
 

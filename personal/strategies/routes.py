@@ -1,10 +1,10 @@
 """Route tables: which adapters answer a user, as a strategy's serving form says.
 
-A strategy that can be served registers `servable(routes)`, where `routes(ctx, strategy_cfg)` returns a
-`RouteTable` mapping each user id the run knows to a `Route` (run-relative adapter folders and
-weights; none: the base model), exactly as its offline predictor routes the user's turns. A
-user id is only ever a key of that table, never part of a path: `../../etc` is an unknown user
-and gets the fallback.
+A strategy that can be served registers `servable(routes)`, where `routes(ctx, strategy_cfg)`
+returns a `RouteTable` mapping each user id the run knows to a `Route` (run-relative adapter
+folders and weights; none: the base model), exactly as its offline predictor routes the
+user's turns. A user id is only ever a key of that table, never part of a path: `../../etc`
+is an unknown user and gets the fallback.
 
     table = route_table(ctx, "per_user_lora")    # personal.serving.routing
     table.route("persona_003").label        # 'per_user_lora/persona_003'
@@ -85,9 +85,12 @@ def unknown_fallback(ctx) -> Route:
     return Route.one(UNIFIED) if (ctx.run.path / UNIFIED / CONFIG_FILE).is_file() else BASE
 
 
-def own_or(ctx, folder: str, other: Route, names: set[str]) -> dict[str, Route]:
-    """Each user in `names` (those with a trained group) gets `folder/<user>`, the other
-    known users `other` (the same names the strategy's predictor stacks)."""
+def own_or(ctx, folder: str, other: Route) -> dict[str, Route]:
+    """Each user with a training group (an adapter of their own) gets `folder/<user>`, the
+    other known users `other`: the same names a per-user predictor stacks (the training
+    users with training turns; computed here, not through `strategies.fleet`, so this module
+    stays free of torch for the command line)."""
+    names = {e.persona_id for e in ctx.examples("train", ctx.training_personas())}
     return {p: Route.one(f"{folder}/{p}") if p in names else other for p in known_users(ctx)}
 
 
