@@ -188,6 +188,7 @@ def test_every_term_is_logged_and_summed_with_its_weight(world):
     lm, l2, ax = (dict(res.term_losses[n]) for n in ("lm", "l2_to_reference", "aux"))
     assert l2[1] == 0.0 and l2[res.steps] > 0  # B starts at the reference, then leaves it
     for step, total in res.train_losses:
+        # the same Python doubles summed in another association: ~1e-16 relative
         assert total == pytest.approx(lm[step] + 0.1 * l2[step] + 0.5 * ax[step], rel=1e-12)
 
 
@@ -218,7 +219,9 @@ def test_kl_to_its_own_logits_is_zero(world):
                        position_ids=batch["position_ids"]).logits
     value, count = kl_to_teacher(lambda b: same, 3.0).fn(adapted, batch)
     assert count == int((batch["labels"][:, 1:] != -100).sum()) > 0
-    assert float(value) == pytest.approx(0.0, abs=1e-4 * count)  # fp32 log-softmax noise
+    # the same model on the same batch: logits equal up to kernel order (~1e-6 relative),
+    # and a KL is second order in the difference, so far below 1e-4 per token
+    assert float(value) == pytest.approx(0.0, abs=1e-4 * count)
 
 
 def test_the_l2_terms_gradient_is_2_lambda_theta_minus_ref():
