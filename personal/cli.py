@@ -25,7 +25,7 @@ from personal.data.splits import make_splits
 from personal.data.stats import dataset_stats, format_stats
 from personal.data.synth import write_synth
 from personal.data.validate import load_dataset, validate_dataset
-from personal.errors import DataError, PersonalError
+from personal.errors import DataError, PersonalError, Terminated
 from personal.experiment.runs import console_log
 from personal.serving.routing import serve_config
 
@@ -429,10 +429,14 @@ def serve_cmd(run: Path = typer.Argument(..., help="Run directory made by `perso
     scfg = serve_config(strategy=_strategy_name(strategy) if strategy else None,
                         max_loaded_adapters=max_loaded_adapters, max_batch_size=max_batch_size,
                         generator_replicas=replicas)
-    serve_run(run, scfg, host=host, port=port, allow_remote=allow_remote, address=address,
-              temp_dir=None if address else _ray_temp(run, f"serve:{port}"),
-              overrides=overrides or [],
-              on_ready=lambda url: typer.echo(f"serving {run} at {url} (Ctrl-C stops)"))
+    try:
+        serve_run(run, scfg, host=host, port=port, allow_remote=allow_remote, address=address,
+                  temp_dir=None if address else _ray_temp(run, f"serve:{port}"),
+                  overrides=overrides or [],
+                  on_ready=lambda url: typer.echo(f"serving {run} at {url} (Ctrl-C stops)"))
+    except Terminated:  # shut down cleanly by now; say so, with SIGTERM's usual status
+        typer.echo("terminated", err=True)
+        raise typer.Exit(143)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

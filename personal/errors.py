@@ -9,6 +9,11 @@ class PersonalError(Exception):
     """Bad input or usage: the message names the file, line, field or key at fault."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where a command asked for it (`personal serve`): it takes Ctrl-C's
+    clean-up path, then the command exits 143 (128 + SIGTERM)."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One problem found in input data, located as precisely as the input allows."""

@@ -282,3 +282,33 @@ def test_a_persona_without_sessions_and_a_splits_file_missing_one_are_named(data
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     code, _, err = run_cli(capsys, "data", "validate", dataset)
     assert code == 2 and "sessions.jsonl:3: no sessions; a persona needs at least one" in err
+
+
+ROUTINES = [{"triggers": {"time_of_day": "morning"}, "actions": {"lights": {"brightness": 30}}}]
+
+
+@pytest.mark.parametrize("first,named", [
+    (lambda line: line[:-9], "d.jsonl:1: malformed JSON"),  # the line with the routines, cut
+    (lambda line: line.replace(json.dumps(ROUTINES), '{"x": 1}'),
+     "d.jsonl:1: routines: expected a list of routines"),
+])
+def test_a_broken_routines_line_is_named_once_not_on_every_session(tmp_path, capsys, first,
+                                                                   named):
+    """The dialogue that carries a persona's routines is broken: that line is the problem,
+    not "routine index out of range" on each of the persona's other dialogues (before: one
+    per dialogue, as if the persona had no routines)."""
+    def dialogue(sid, **more):
+        return json.dumps({"persona_id": "persona_000", "session_id": sid, "messages": [
+            user(), assistant()], "applied_routines": [0], **more})
+
+    lines = [first(dialogue(0, routines=ROUTINES))] + [dialogue(sid) for sid in (1, 2, 3)]
+    dialogues = tmp_path / "d.jsonl"
+    dialogues.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    splits = tmp_path / "s.json"
+    splits.write_text(json.dumps({"persona_000": {"train": [1, 2], "val": [], "test": [3]}}),
+                      encoding="utf-8")
+    code, _, err = run_cli(capsys, "data", "import", "--dialogues", dialogues, "--splits", splits,
+                           "--out", tmp_path / "out")
+    assert code == 2 and named in err
+    assert "out of range" not in err and err.count("d.jsonl:") == 1, err
+    assert not (tmp_path / "out").exists()

@@ -2,15 +2,23 @@
 offline predictors, with fewer stack slots than adapters and in any batching; then the Ray
 Serve app on loopback (slow): real HTTP requests get each user's adapter, the fallback for
 unknown ids, a named error for malformed requests, the offline texts (`personal eval
---endpoint` agrees with offline evaluation on every turn), and no lost request when the
-generator replica is killed mid-load."""
+--endpoint` agrees with offline evaluation on every turn, and a bad request batched with good
+ones fails alone), idle connections closed, no lost request when the generator replica is
+killed mid-load, and `personal serve` leaves no process behind after SIGTERM."""
 import copy
 import dataclasses
 import json
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -306,12 +314,103 @@ def test_endpoint_evaluation_equals_offline_evaluation(world, served):
 
 
 @pytest.mark.slow
+def test_a_bad_request_batched_with_good_ones_fails_alone(world, served):
+    """Ten good requests sent at once with two bad ones: a prompt too long for the model's
+    context reaches the generator and is batched with the good ones (422 naming the field),
+    a lone surrogate is refused before (422; over HTTP no request that passes validation can
+    make the decoding pass itself raise: `test_a_request_that_breaks_its_batch_fails_alone`
+    covers that row isolation). Every good request gets its offline answer."""
+    from personal.serving.http_eval import request_body, wait_ready
+
+    examples = (world.examples("test") * 4)[:10]
+    expected = offline(world, "per_user_lora", examples)
+    long = request_body(examples[0])
+    last = len(long["messages"]) - 1
+    long["messages"][last]["text"] = "lights " * 280  # within the text limit, not the context
+    surrogate = {"user_id": "persona_000", "messages": [{"role": "user",
+                                                         "text": "hi \ud800 there"}]}
+    bodies = [request_body(e) for e in examples[:5]] + [long] + \
+        [request_body(e) for e in examples[5:]] + [surrogate]
+    before = wait_ready(served)["generator"]
+    start = threading.Barrier(len(bodies))
+
+    def send(body):
+        start.wait()  # all at once: they share the generator's batches
+        return post(served, body)
+
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        replies = list(pool.map(send, bodies))
+    after = wait_ready(served)["generator"]
+    good = replies[:5] + replies[6:-1]
+    assert [status for status, _ in good] == [200] * 10, good
+    assert [reply["text"] for _, reply in good] == expected
+    (status, reply), (status2, reply2) = replies[5], replies[-1]
+    assert status == 422 and reply["field"] == f"messages[{last}].text"
+    assert "too long for the model's context" in reply["error"]
+    assert status2 == 422 and reply2["field"] == "messages[0].text"
+    assert "lone surrogate U+D800" in reply2["error"]
+    # the long one reached the generator, the surrogate did not; they came in shared batches
+    assert after["requests"] - before["requests"] == 11
+    assert after["batches"] - before["batches"] < 11
+
+
+def raw_http(url: str, data: bytes, bound: float) -> socket.socket:
+    """A socket to the server at `url` that has sent `data` (maybe nothing)."""
+    host, port = url.rsplit("/", 1)[1].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=bound)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def seconds_until_closed(sock: socket.socket, bound: float) -> float:
+    """Seconds until the server closes `sock` (recv returns b""); `inf` past `bound`."""
+    start = time.monotonic()
+    sock.settimeout(bound)
+    try:
+        while sock.recv(65536):
+            pass
+    except socket.timeout:
+        return float("inf")
+    finally:
+        sock.close()
+    return time.monotonic() - start
+
+
+@pytest.mark.slow
+def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(served):
+    """After its response a kept-alive connection that sends nothing more is closed after
+    KEEP_ALIVE_TIMEOUT_S (before: Serve's 90 s)."""
+    from personal.distributed.serve import KEEP_ALIVE_TIMEOUT_S
+
+    sock = raw_http(served, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 60)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()
+    waited = seconds_until_closed(sock, KEEP_ALIVE_TIMEOUT_S + 10)
+    assert KEEP_ALIVE_TIMEOUT_S - 1 < waited < KEEP_ALIVE_TIMEOUT_S + 5, waited
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="no header-read timeout: Serve's proxy (uvicorn 0.54) "
+                   "arms its only timer after a response and Ray 2.60 sets none")
+def test_a_connection_that_never_sends_a_whole_request_is_closed(served):
+    """A known gap, measured: a connection that sends nothing, or half a request line, is
+    never timed out (still open after 25 s). Strict: it fails once a Ray or uvicorn upgrade
+    closes them, to say the README and the module docstring can change."""
+    socks = [raw_http(served, data, 30) for data in (b"", b"POST /v1/assi")]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        waited = list(pool.map(lambda s: seconds_until_closed(s, 15), socks))
+    assert max(waited) < 15, waited
+
+
+@pytest.mark.slow
 def test_killed_generator_replica_loses_no_request(world, served):
     """Kill the generator mid-load (0.15 s after the 5th answer): Serve starts a new
     replica; requests in flight get 503 and are retried (ClientOptions.retries), later ones
     wait for the new replica; every answer still equals offline."""
     import itertools
-    from concurrent.futures import ThreadPoolExecutor
 
     import ray
 
@@ -355,3 +454,75 @@ def test_shutdown_closes_the_port(served):
     time.sleep(1)
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
+
+
+def process_tree(pid: int) -> dict[int, tuple[str, str]]:
+    """The live descendants of `pid` (from /proc): pid -> (start time, name). The start time
+    tells a process from a later one that reuses its pid."""
+    children: dict[int, list[int]] = {}
+    info = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, rest = stat.read_text().rsplit(")", 1)
+        except OSError:  # ended meanwhile
+            continue
+        fields = rest.split()
+        if fields[0] != "Z":  # a zombie has ended; only its exit status is left
+            child = int(stat.parent.name)
+            children.setdefault(int(fields[1]), []).append(child)
+            info[child] = (fields[19], name.split("(", 1)[1])
+    tree, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            tree[child] = info[child]
+            todo.append(child)
+    return tree
+
+
+def still_running(tree: dict[int, tuple[str, str]]) -> dict[int, str]:
+    """The processes of `tree` that still run (same pid, same start time, not a zombie)."""
+    left = {}
+    for pid, (started, name) in tree.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and fields[19] == started:
+            left[pid] = name
+    return left
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_server_like_ctrl_c_and_leaves_no_process(world, tmp_path):
+    """`personal serve` in a subprocess, then SIGTERM: it shuts Serve and Ray down as Ctrl-C
+    does and exits 143; none of the processes it started still runs a few seconds later
+    (before: Ray's handler aborted it, exit -6, and the dashboard and runtime-env agents
+    were still running 30 s later)."""
+    from personal.cli import _ray_temp
+    from personal.serving.http_eval import wait_ready
+
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")  # a local test runtime
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "personal.cli", "serve", str(world.run.path),
+                             "--strategy", "per_user_lora", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    tree = {}
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", 240)
+        tree = process_tree(proc.pid)
+        assert any("raylet" in name for _, name in tree.values()), tree  # Ray's, seen
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143, (tmp_path / "serve.log").read_text()[-3000:]
+        deadline = time.monotonic() + 10
+        while still_running(tree) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert still_running(tree) == {}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in still_running(tree):  # ours: started by this test's server
+            os.kill(pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(_ray_temp(world.run.path, f"serve:{port}"), ignore_errors=True)

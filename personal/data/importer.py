@@ -10,6 +10,8 @@ Import is strict: any problem raises `DataError` listing all of them.
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -34,6 +36,8 @@ class _Draft:
     routines_json: Any = None
     routines: list[Routine] = field(default_factory=list)
     routines_line: int = 0
+    routines_ok: bool = True
+    """False when the persona's routines are not a list: their count is unknown."""
     sessions: list[Session] = field(default_factory=list)
     session_lines: list[int] = field(default_factory=list)
     session_id_line: dict[int, int] = field(default_factory=dict)
@@ -53,7 +57,8 @@ def _take_profile(draft: _Draft, value: dict, site: Site) -> None:
     if routines is None:
         return
     if draft.routines_json is None:
-        draft.routines = parse_routines(routines, site, "routines") or []
+        parsed = parse_routines(routines, site, "routines")
+        draft.routines, draft.routines_ok = parsed or [], parsed is not None
         draft.routines_json, draft.routines_line = routines, site.line
     elif routines != draft.routines_json:
         site.problem("routines", f"differ from the routines of {draft.persona_id} on line "
@@ -94,8 +99,37 @@ def _read_dialogue(line: JsonLine, site: Site, drafts: dict[str, _Draft]) -> Opt
     return pid, _take_session(draft, value, site)
 
 
-def _check_applied_routines(draft: _Draft, file: str, problems: list[Problem]) -> None:
-    """Range-check `applied_routines` once the persona's routines are known."""
+_PERSONA_ID = re.compile(rb'"persona_id"\s*:\s*("(?:[^"\\]|\\.)*")')
+_ROUTINES_KEY = re.compile(rb'"routines"\s*:')
+
+
+def _routines_unread(path: Path, lines: list[JsonLine]) -> set[str]:
+    """Personas whose routines may sit on a line that did not parse: its raw text names the
+    persona and has a "routines" key. Their routine count is unknown."""
+    broken = [line.number for line in lines if not line.ok]
+    if not broken:
+        return set()
+    raw = path.read_bytes().split(b"\n")
+    found = set()
+    for number in broken:
+        pid, key = _PERSONA_ID.search(raw[number - 1]), _ROUTINES_KEY.search(raw[number - 1])
+        if pid and key:
+            try:
+                found.add(json.loads(pid.group(1)))
+            except ValueError:  # an id that is itself broken names nobody
+                pass
+    return found
+
+
+def _check_applied_routines(draft: _Draft, file: str, problems: list[Problem],
+                            unread: set[str]) -> None:
+    """Range-check `applied_routines` once the persona's routines are known.
+
+    Skipped when they are not: its routines are not a list, or it has none read and a broken
+    line of it carries some (`unread`). Else one broken line would make every session of
+    its persona "out of range"; that line's own problem is the one to fix."""
+    if not draft.routines_ok or (draft.routines_json is None and draft.persona_id in unread):
+        return
     n = len(draft.routines)
     for session, number in zip(draft.sessions, draft.session_lines):
         for i, v in enumerate((session.applied_routines if session else None) or []):
@@ -114,8 +148,9 @@ def read_dialogues(path: str | Path, problems: list[Problem]) -> tuple[Dataset, 
     for line in lines:
         site = Site(file, line.number, found)
         owners.append(_read_dialogue(line, site, drafts) if line.ok else None)
+    unread = _routines_unread(Path(path), lines)
     for draft in drafts.values():
-        _check_applied_routines(draft, file, found)
+        _check_applied_routines(draft, file, found, unread)
     problems += sorted(found, key=lambda p: p.line or 0)  # stable: a line's problems keep their order
     personas = [Persona(persona_id=d.persona_id, character=d.character, routines=d.routines,
                         sessions=d.sessions) for d in drafts.values()]

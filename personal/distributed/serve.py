@@ -18,16 +18,23 @@ not JSON (or nested too deeply, or with a key given twice), 403 a Host header na
 server, 415 a body that is not application/json, 422 a bad request (`error` names the
 field), 500 a request that failed alone (its batch was answered), 503 the generator failed or
 is restarting (safe to retry: generation is greedy and has no side effects).
+
+Connections: one left idle after a response is closed after `KEEP_ALIVE_TIMEOUT_S` (5 s;
+Serve's default: 90 s). A connection that never completes its request line and headers
+is not timed out: Serve's HTTP proxy (uvicorn 0.54) arms its only timer after a response,
+and Ray 2.60 configures no header-read timeout. Serve on a trusted network.
 """
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request)
 # as objects, in processes where the pickled class has no module globals to resolve names in.
 import asyncio
 import dataclasses
 import os
+import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -41,7 +48,7 @@ from personal.distributed.runtime import config_payload, ray_runtime, worker_con
 from personal.engine import (generate_routed, import_peft, inject_from_peft, inject_stacked_lora,
                              load_adapter_state)
 from personal.data.validate import DuplicateKey, loads
-from personal.errors import PersonalError
+from personal.errors import PersonalError, Terminated
 from personal.eval.parser import parse_actions
 from personal.experiment.pipeline import strategy_units, trained_strategies
 from personal.serving.routing import (AdapterSlots, AssistRequest, RequestError, Route,
@@ -367,12 +374,47 @@ def build_app(run_path: str | Path, scfg: ServeConfig, overrides: Sequence[str] 
         generator, table, dataclasses.asdict(scfg), info, allowed_hosts(host))
 
 
+#: Seconds an idle connection stays open after its last response (uvicorn's
+#: timeout_keep_alive; Serve's default is 90): idle clients cannot hold sockets for long,
+#: and a client that pauses longer simply reconnects.
+KEEP_ALIVE_TIMEOUT_S = 5
+
+
 def start_app(app, host: str, port: int):
     """Start Serve's HTTP proxy on host:port and deploy `app` at /; returns its handle."""
     if not 0 < port < 65536:
         raise PersonalError(f"--port must be in 1..65535, got {port}")
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port,
+                              "keep_alive_timeout_s": KEEP_ALIVE_TIMEOUT_S})
     return serve.run(app, name=APP_NAME, route_prefix="/")
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within: SIGTERM raises `Terminated` (a KeyboardInterrupt), so `kill` takes Ctrl-C's
+    path: serve.shutdown, then ray.shutdown. Enter it after ray.init, which installs Ray's
+    own handler: that one exits at once (SIGABRT) and left the dashboard and runtime-env
+    agents running as orphans (measured: still alive 30 s later; Ctrl-C leaves nothing).
+
+    After one SIGTERM the next are ignored, also during ray.shutdown after this block: they
+    must not cut the shutdown short. Without one, the previous handler is back on exit.
+    Only the main thread may set handlers: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        fired.append(signum)
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        if not fired:
+            signal.signal(signal.SIGTERM, before)
 
 
 def serve_run(run_path: str | Path, scfg: ServeConfig, host: str = "127.0.0.1",
@@ -389,7 +431,7 @@ def serve_run(run_path: str | Path, scfg: ServeConfig, host: str = "127.0.0.1",
     if not wait and not on_cluster:
         raise PersonalError("deploying without waiting needs a cluster (--address or "
                             "RAY_ADDRESS): a local runtime ends with this process")
-    with ray_runtime(address, temp_dir=temp_dir):
+    with ray_runtime(address, temp_dir=temp_dir), sigterm_as_interrupt():
         start_app(app, host, port)
         on_ready(f"http://{host}:{port}")
         if not wait:
