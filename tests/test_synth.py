@@ -217,11 +217,6 @@ def test_archetypes_are_a_real_structure_in_the_user_features():
 
 # --- Text statistics (DATA.md "Real data in numbers") ---------------------------------------------
 
-DEVICE_WORDS = {"ac": r"\b(?:ac|air condition\w*|temperature|degrees|fan)\b",
-                "lights": r"\b(?:lights?|lighting)\b", "tv": r"\b(?:tv|television)\b",
-                "speaker": r"\b(?:speakers?|music)\b", "security": r"\b(?:security|alarm)\b"}
-
-
 def test_text_statistics_are_close_to_the_real_data(medium):
     turns = assistant_turns(medium)
     texts = [m.text for _, m in turns]
@@ -234,11 +229,26 @@ def test_text_statistics_are_close_to_the_real_data(medium):
     assert 14 <= statistics.mean(user_words) <= 22
     named = [bool(re.search(rf"\b{p.name}\b", m.text)) for p, m in turns]
     assert 0.03 <= statistics.mean(named) <= 0.12
-    share = {d: statistics.mean(bool(re.search(w, t.lower())) for t in texts)
-             for d, w in DEVICE_WORDS.items()}
-    targets = {"ac": 0.37, "lights": 0.34, "tv": 0.25, "speaker": 0.18, "security": 0.11}
+
+
+def test_the_real_sample_shape_matches_data_md():
+    """DATA.md's figures are measured on one dialogue per user, its first 5 messages (200
+    users, 400 assistant turns), with `personal data stats`' own detectors: the simulator's
+    middle sessions cut the same way land within a few points of them."""
+    from personal.data.features import devices_mentioned, has_number, has_question
+
+    ds = synthesize(users=200, sessions=5, seed=0)
+    turns = [(p, m) for p in ds.personas for m in p.sessions[2].messages[:5] if m.role == "assistant"]
+    texts = [m.text for _, m in turns]
+    assert len(turns) >= 380
+    assert abs(statistics.mean(len(t.split()) for t in texts) - 16) <= 3
+    assert abs(statistics.mean(has_question(t) for t in texts) - 0.71) <= 0.08
+    assert abs(statistics.mean(has_number(t) for t in texts) - 0.51) <= 0.1
+    assert abs(statistics.mean(bool(re.search(rf"\b{p.name}\b", m.text)) for p, m in turns) - 0.07) <= 0.04
+    mentioned = [devices_mentioned(t) for t in texts]
+    targets = {"ac": 0.38, "lights": 0.34, "tv": 0.25, "speaker": 0.04, "security": 0.0}
     for dev, target in targets.items():
-        assert abs(share[dev] - target) < 0.09, (dev, share[dev])
+        assert abs(statistics.mean(dev in m for m in mentioned) - target) < 0.09, dev
 
 
 def test_users_differ_in_wording(medium):
@@ -334,4 +344,4 @@ def test_gold_actions_cover_offers_only_when_taken_up(medium):
                 if offered and msgs[i].actions:
                     offers += 1
                     taken += bool(offered & set(msgs[i + 2].actions))
-    assert offers > 300 and 0.4 < taken / offers < 0.95
+    assert offers > 150 and 0.4 < taken / offers < 0.95

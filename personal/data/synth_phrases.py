@@ -48,7 +48,9 @@ from __future__ import annotations
 
 import bisect
 import random
-from typing import Iterable
+import zlib
+from contextlib import contextmanager
+from typing import Iterable, Optional
 
 _NO_TAGS: frozenset[str] = frozenset()
 
@@ -164,7 +166,7 @@ JOINERS = (", and ", " and ", "; ")
 # --- Assistant: the rest of a turn ----------------------------------------------------------
 
 BANK: dict[str, tuple[str, ...]] = {
-    "opener": ("Sure.", "Of course.", "Done.", "All set.", "No problem.", "Okay.", "Right away.", "Got it.",
+    "opener": ("Sure.", "Of course.", "Got it.", "Done.", "All set.", "No problem.", "Okay.", "Right away.",
                "Sure thing.", "f|Certainly.", "f|Very well.", "f|Of course, right away.",
                "f|Absolutely, I can help with that.", "f|Understood.", "f|It would be my pleasure.",
                "c|You got it!", "c|On it!", "c|Easy!", "c|Done and done.", "c|No worries!",
@@ -420,6 +422,21 @@ class Voice:
 
     ARCHETYPE_WEIGHT = 5.0
     PERSONAL_WEIGHT = 10.0
+    #: Assistant banks (every bank not named `user_*`): the assistant is one model for every
+    #: user, so a few population-wide favourites dominate its wording (real replies open with
+    #: five words two thirds of the time) and a user's own favourites weigh little.
+    ASSISTANT_SHARED_WEIGHT = 12.0
+    ASSISTANT_ARCHETYPE_WEIGHT = 1.0
+    ASSISTANT_PERSONAL_WEIGHT = 2.0
+    #: Inside `cued(cue)`, the chance that an assistant bank gives the one entry that request
+    #: kind `cue` favours (the same for every user of the register) rather than a weighted
+    #: draw: replies follow from requests, so a similar request gets a similar reply.
+    CUE_SHARE = 0.7
+    #: The assistant's house style: the chance an assistant bank gives one of its first
+    #: `HOUSE_SPREAD` entries that fit ("I've set the {dev} to {p}.", "Sure.", "Would you like
+    #: me to adjust the {dev} as well?"), the same shapes whatever the device or the user.
+    HOUSE_SHARE = 0.75
+    HOUSE_SPREAD = 1
     _parsed: dict[str, list[tuple[frozenset[str], str]]] = {}  # bank name -> parsed entries
     _requirements: dict[str, frozenset[str]] = {}  # bank name -> tags its entries require
     _shared: dict[tuple[str, str, str], list[float]] = {}  # (archetype, bank, register) -> weights
@@ -431,6 +448,7 @@ class Voice:
         self.archetype = archetype
         self.register = register
         self._tables: dict[str, dict[frozenset[str], tuple[list[str], list[float]]]] = {}
+        self.cue: Optional[str] = None
 
     @classmethod
     def _entries(cls, name: str, entries: tuple[str, ...]) -> list[tuple[frozenset[str], str]]:
@@ -448,16 +466,20 @@ class Voice:
         """Weights of every entry of a bank for this user (0 outside the register)."""
         parsed = self._entries(name, entries)
         fits = [i for i, (tags, _) in enumerate(parsed) if self._in_register(tags)]
+        assistant = not name.startswith("user_")
         key = (self.archetype, name, self.register)
         if key not in self._shared:
             weights = [1.0 if i in fits else 0.0 for i in range(len(parsed))]
+            if assistant:
+                for i in random.Random(f"population:{name}").sample(fits, min(len(fits), 1 + len(fits) // 6)):
+                    weights[i] += self.ASSISTANT_SHARED_WEIGHT
             arch = random.Random(f"{self.archetype}:{name}")
             for i in arch.sample(fits, min(len(fits), 1 + len(fits) // 8)):
-                weights[i] += self.ARCHETYPE_WEIGHT
+                weights[i] += self.ASSISTANT_ARCHETYPE_WEIGHT if assistant else self.ARCHETYPE_WEIGHT
             self._shared[key] = weights
         weights = list(self._shared[key])
         for i in random.Random(f"{self.user_key}:{name}").sample(fits, min(len(fits), 2)):
-            weights[i] += self.PERSONAL_WEIGHT
+            weights[i] += self.ASSISTANT_PERSONAL_WEIGHT if assistant else self.PERSONAL_WEIGHT
         return weights
 
     def _table(self, name: str, entries: tuple[str, ...], offered: frozenset[str]) -> tuple[list[str], list[float]]:
@@ -486,8 +508,24 @@ class Voice:
         if key not in tables:
             tables[key] = self._table(name, entries, key)
         texts, cum = tables[key]
+        if not name.startswith("user_"):
+            r = rng.random()
+            if r < self.HOUSE_SHARE:  # one of the bank's first entries: a shape for every device
+                return texts[int(r / self.HOUSE_SHARE * min(self.HOUSE_SPREAD, len(texts)))]
+            if self.cue is not None and r < self.HOUSE_SHARE + (1 - self.HOUSE_SHARE) * self.CUE_SHARE:
+                # the same request gets the same wording from the assistant, whoever asks
+                return texts[zlib.crc32(f"{name}:{self.cue}".encode()) % len(texts)]
         # what rng.choices(texts, cum_weights=cum) does, without its per-call overhead
         return texts[bisect.bisect_right(cum, rng.random() * cum[-1], 0, len(cum) - 1)]
+
+    @contextmanager
+    def cued(self, cue: str):
+        """Word assistant text for a request of kind `cue` (see `CUE_SHARE`)."""
+        outer, self.cue = self.cue, cue
+        try:
+            yield self
+        finally:
+            self.cue = outer
 
 
 def user_key_of(name: str, population: str, index: int) -> str:

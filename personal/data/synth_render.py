@@ -169,6 +169,17 @@ def question_text(rng: random.Random, p: Profile, question: Question, activity: 
     return v.pick(rng, kind, BANK[kind])
 
 
+#: Share of confirming turns that open with "Sure." and the like whatever the user's habit:
+#: real replies mostly open with one of a few such words.
+OPENER_FLOOR = 0.7
+#: Scale of the personal remarks (history, activity, warmth) of a confirming turn: real
+#: replies mostly confirm and ask, and "Enjoy your reading, Ethan." is the exception.
+REMARK_SCALE = 0.4
+#: Scale of users' small talk (weather, activity, mood, …): enough to sound like people,
+#: little enough that the request carries the turn (real user turns: ~18 words).
+SMALL_TALK_SCALE = 0.45
+
+
 @dataclass
 class Remarks:
     """Which parts an assistant turn has besides its settings and question. Drawn once per
@@ -188,14 +199,14 @@ def decide_remarks(rng: random.Random, p: Profile, act: AssistantAct, scene: Sce
     """The user's assistant habits applied to this turn (remembering what it said before)."""
     s, r = p.style, Remarks()
     if act.kind == "confirm":
-        r.greeting = scene.first and rng.random() < 0.25
-        r.opener = not r.greeting and rng.random() < s.opener_rate
+        r.greeting = scene.first and rng.random() < 0.1
+        r.opener = not r.greeting and rng.random() < OPENER_FLOOR + (1 - OPENER_FLOOR) * s.opener_rate
         tags = context_tags(scene.meta)
-        r.context = (scene.first and rng.random() < 0.2
+        r.context = (scene.first and rng.random() < 0.1
                      and any(e.split("|")[0] in tags for e in BANK["context"]))
-        r.history = act.from_history and scene.fresh(rng, "history", s.history_rate)
-        r.activity = bool(scene.activity) and scene.fresh(rng, "activity", s.activity_rate)
-        r.warm = not r.activity and scene.fresh(rng, "warm", s.warmth * 0.15)
+        r.history = act.from_history and scene.fresh(rng, "history", s.history_rate * REMARK_SCALE)
+        r.activity = bool(scene.activity) and scene.fresh(rng, "activity", s.activity_rate * REMARK_SCALE)
+        r.warm = not r.activity and scene.fresh(rng, "warm", s.warmth * 0.15 * REMARK_SCALE)
     elif act.kind == "close":
         r.activity = bool(scene.activity) and scene.fresh(rng, "activity", s.activity_rate * 1.5)
         r.tail = not r.activity and rng.random() < 0.6
@@ -248,17 +259,34 @@ def _place_name(p: Profile, spot: str, sentences: list[str],
     return sentences, question
 
 
+def reply_cue(act: AssistantAct) -> str:
+    """What kind of request the assistant answers: the act, its devices and parameters, its
+    question (values left out). Replies to requests of one kind share their wording."""
+    settings = ";".join(f"{d}:{','.join(sorted(ps))}" for d, ps in act.settings.items())
+    return f"{act.kind}|{settings}|{act.direction}|{act.after_decline}"
+
+
 def render_assistant(rng: random.Random, p: Profile, act: AssistantAct, scene: Scene,
                      remarks: Remarks) -> str:
-    """The assistant's text for `act` with the parts in `remarks`, worded in this user's
-    style (call twice with different generators for `text` and `alt_text`)."""
+    """The assistant's text for `act` with the parts in `remarks`, worded as replies to this
+    kind of request are (`reply_cue`) in this user's register (call twice with different
+    generators for `text` and `alt_text`)."""
+    with p.voice.cued(reply_cue(act)):
+        return _render_assistant(rng, p, act, scene, remarks)
+
+
+def _render_assistant(rng: random.Random, p: Profile, act: AssistantAct, scene: Scene,
+                      remarks: Remarks) -> str:
     if act.kind == "confirm":
         sentences = _confirm_sentences(rng, p, act, scene, remarks)
     elif act.kind == "clarify":
         sentences = [p.voice.pick(rng, "clarify_lead", BANK["clarify_lead"])]
     else:
         sentences = _close_sentences(rng, p, act, scene, remarks)
-    question = question_text(rng, p, act.question, scene.activity) if act.question else None
+    question = None
+    if act.question:
+        with p.voice.cued("question|" + "/".join(act.question)):
+            question = question_text(rng, p, act.question, scene.activity)
     if remarks.name:
         sentences, question = _place_name(p, remarks.name, sentences, question)
     return " ".join(sentences + ([question] if question else []))
@@ -344,7 +372,7 @@ def _small_talk(rng: random.Random, p: Profile, scene: Scene, weight: float, gre
                ("hobby", 0.1 + 0.3 * s.verbosity), ("mood", 0.1 + 0.35 * s.verbosity),
                ("aside", 0.15 + 0.35 * s.verbosity)]
     for bank, chance in chances:
-        if scene.fresh(rng, bank, chance * weight):
+        if scene.fresh(rng, bank, chance * weight * SMALL_TALK_SCALE):
             # warm people mostly say cheerful things, dry ones mostly complain
             mood = {"pos" if rng.random() < s.warmth else "neg"} if bank == "mood" else set()
             text = _pick_user(rng, p, bank, tags | mood)
@@ -363,6 +391,11 @@ def _adjust_text(rng: random.Random, p: Profile, act: UserAct) -> str:
     return f"{lead} could you change the {p.style.nicknames[dev]} {PARAM_WORDS[param]} to {value}{unit}?"
 
 
+#: Share of accepted offers where the user restates what they accept (device and values, or
+#: the wish) rather than only values or a bare "yes".
+ACCEPT_RESTATES = 0.7
+
+
 def _reply_text(rng: random.Random, p: Profile, act: UserAct) -> list[str]:
     """Accepting an offer or answering a question: yes, and maybe the values."""
     values = " and ".join(filter(None, (_user_values(rng, d, params) for d, params in act.settings.items())))
@@ -370,10 +403,13 @@ def _reply_text(rng: random.Random, p: Profile, act: UserAct) -> list[str]:
         bank = "answer_usual" if act.how == "usual" else "answer"
         return [_pick_user(rng, p, bank).format(p=values, P=capitalise(values))]
     out = [_pick_user(rng, p, "accept")]
-    if act.how == "exact" and values:
+    if act.how == "usual":
+        if rng.random() < 0.75:
+            out.append(_pick_user(rng, p, "accept_usual"))
+    elif rng.random() < ACCEPT_RESTATES:  # "Yes, please. Could you set the lights to 40%?"
+        out.append(_core_request(rng, p, act, None))
+    elif act.how == "exact" and values:
         out.append(_pick_user(rng, p, "accept_exact").format(p=values, P=capitalise(values)))
-    elif act.how == "usual" and rng.random() < 0.75:
-        out.append(_pick_user(rng, p, "accept_usual"))
     return out
 
 

@@ -185,8 +185,10 @@ def make_style(rng: random.Random, arch: Archetype) -> Style:
         offer_rate=around(0.45 + 0.4 * prior["formality"]),
         activity_rate=around(0.08 + 0.35 * prior["warmth"], 0.05), history_rate=rng.uniform(0.15, 0.5),
         opener_rate=around(0.15 + 0.4 * prior["formality"]),
-        exact_rate=around(0.7 - 0.4 * prior["verbosity"]),
-        clarify_rate=around(0.15 + 0.25 * prior["formality"]), catchphrases=_catchphrases(rng, register),
+        # most requests name their values (a wish alone is the exception that only the
+        # user's history resolves): real replies follow from their requests (issue 18)
+        exact_rate=around(0.85 - 0.3 * prior["verbosity"]),
+        clarify_rate=around(0.1 + 0.15 * prior["formality"]), catchphrases=_catchphrases(rng, register),
         nicknames={d: rng.choice(n) for d, n in USER_NICKNAMES.items()},
         lowercase=register == "c" and rng.random() < 0.35)
 
