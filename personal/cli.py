@@ -22,7 +22,7 @@ from personal.data.importer import write_import
 from personal.data.io import read_splits, write_dataset, write_splits
 from personal.data.safety import check_output_file, check_output_folder
 from personal.data.splits import make_splits
-from personal.data.stats import dataset_stats, format_stats
+from personal.data.stats import REPLY_SESSIONS, dataset_stats, format_stats
 from personal.data.synth import write_synth
 from personal.data.validate import load_dataset, validate_dataset
 from personal.errors import DataError, PersonalError, Terminated
@@ -192,12 +192,25 @@ def data_stats(
     max_ceiling_turns: Optional[int] = typer.Option(
         None, "--max-ceiling-turns", help="Embed only an evenly spread sample of this many test "
         "turns for the noise ceiling (default: all)."),
+    reply_session: str = typer.Option(
+        "middle", "--reply-session", help="Which session per user the reply baseline reads: "
+        "first, middle or last (real sample: one dialogue per user, so any)."),
+    reply_messages: int = typer.Option(
+        5, "--reply-messages", help="Messages from the start of that session the reply baseline "
+        "reads (the real figure 0.77 is for 5)."),
 ) -> None:
-    """Describe a dataset: counts, turn lengths, device usage, how distinct the users are."""
+    """Describe a dataset: counts, turn lengths, device usage, how distinct the users are,
+    and how far replies follow from requests (the reply baseline)."""
     if max_ceiling_turns is not None and max_ceiling_turns < 1:
         raise PersonalError(f"--max-ceiling-turns must be at least 1, got {max_ceiling_turns}")
+    if reply_session not in REPLY_SESSIONS:
+        raise PersonalError(f"--reply-session must be one of {', '.join(REPLY_SESSIONS)}, "
+                            f"got {reply_session!r}")
+    if reply_messages < 2:
+        raise PersonalError(f"--reply-messages must be at least 2, got {reply_messages}")
     ds, sp = _load_with_splits(path, splits)
-    stats = dataset_stats(ds, sp, ceiling_max_turns=max_ceiling_turns)
+    stats = dataset_stats(ds, sp, ceiling_max_turns=max_ceiling_turns,
+                          reply_session=reply_session, reply_messages=reply_messages)
     if as_json:
         _echo_json(stats)
     else:

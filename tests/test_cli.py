@@ -50,6 +50,9 @@ def test_synth_validate_split_stats(capsys, small_data, tmp_path):
     assert stats["splits"]["test"]["sessions"] == 12  # the last 2 of 10 sessions, 6 users
     assert stats["identifiability"]["chance"] == pytest.approx(1 / 4)  # 2 users are cold-start
     assert stats["noise_ceiling"]["pairs"] <= 20
+    # the reply baseline reads the middle session's first 5 messages of all 6 users
+    assert stats["reply_baseline"]["users"] == 6 and 0 < stats["reply_baseline"]["reply_baseline"] <= 1
+    assert stats["reply_baseline"]["turns"] == 12  # two exchanges in 5 messages
 
 
 def test_bad_data_exits_2_with_file_line_and_field(capsys, small_data, tmp_path):

@@ -182,6 +182,14 @@ def test_stats_checks_its_options_first(dataset, capsys, turns):
     assert code == 2 and "--max-ceiling-turns must be at least 1" in err
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--reply-session", "median", "--reply-session must be one of first, middle, last"),
+    ("--reply-messages", "1", "--reply-messages must be at least 2")])
+def test_stats_checks_the_reply_baseline_shape_first(dataset, capsys, option, value, message):
+    code, _, err = run_cli(capsys, "data", "stats", dataset, option, value)
+    assert code == 2 and message in err
+
+
 def test_synth_has_a_size_limit(tmp_path, capsys):
     code, _, err = run_cli(capsys, "data", "synth", "--out", tmp_path / "big", "--sessions",
                            100000)

@@ -10,7 +10,8 @@ import pytest
 from personal.data.schema import Dataset
 from personal.data.splits import make_splits
 from personal.data.stats import (archetype_silhouette, dataset_stats, device_usage, format_stats,
-                                 identifiability, noise_ceiling, split_counts, turn_stats)
+                                 identifiability, noise_ceiling, reply_baseline, split_counts,
+                                 turn_stats)
 
 
 def test_split_counts(tiny_dataset):
@@ -130,3 +131,66 @@ def test_dataset_stats_is_json_and_formats(make_styled_dataset):
     for words in ("split", "train", "words per turn", "with a question", "device", "(a) user identifiability",
                   "(b) archetype silhouette", "(c) noise ceiling         not requested"):
         assert words in text
+
+
+# --- (d) reply baseline -------------------------------------------------------------------
+
+_VEC = {  # hand-made unit vectors: requests x*/y*/z1, replies r*/s*/t1
+    "x1": (1.0, 0.0), "x2": (0.0, 1.0), "y1": (0.6, 0.8), "y2": (0.8, 0.6), "z1": (0.352, 0.936),
+    "r1": (1.0, 0.0), "r2": (0.0, 1.0), "s1": (0.6, 0.8), "s2": (0.8, 0.6), "t1": (0.0, 1.0)}
+
+
+def _hand_embed(texts):
+    return np.array([_VEC[t] for t in texts])  # KeyError: a text the protocol must not read
+
+
+def _session(sid, *texts):
+    from personal.data.schema import Message, Session
+
+    roles = ("user", "assistant") * len(texts)
+    meta = {"time_of_day": "evening", "day_of_week": "weekday", "sun_phase": "after_sunset",
+            "weather": "rainy", "outdoor_temp": "cold"}
+    return Session(sid, meta, [Message(r, t) for r, t in zip(roles, texts)])
+
+
+def _reply_dataset():
+    from personal.data.schema import Persona
+
+    unread = _session(0, "never read", "never read either")
+    return Dataset([
+        # middle of 3 sessions; the 5th message has no reply and the 6th is past the cut
+        Persona("a", None, [], [unread, _session(1, "x1", "r1", "x2", "r2", "x3", "r3"), unread]),
+        Persona("b", None, [], [_session(0, "y1", "s1", "y2", "s2")]),
+        Persona("c", None, [], [_session(0, "z1", "t1")]),
+        Persona("d", None, [], []),  # no sessions: nothing to read
+    ])
+
+
+def test_reply_baseline_equals_the_hand_computed_value():
+    """Nearest request of another user (cosines by hand): x1->y2 (0.8), x2->z1 (0.936),
+    y1->z1 (0.96), y2->z1 (0.8432), z1->y1 (0.96); their replies scored against the true ones:
+    r1.s2 = 0.8, r2.t1 = 1, s1.t1 = 0.8, s2.t1 = 0.6, t1.s1 = 0.8."""
+    out = reply_baseline(_reply_dataset(), "middle", 5, embed_fn=_hand_embed)
+    assert out["turns"] == 5 and out["users"] == 3
+    assert out["reply_baseline"] == pytest.approx((0.8 + 1.0 + 0.8 + 0.6 + 0.8) / 5, abs=1e-12)
+    assert out["per_user_mean"] == pytest.approx(((0.8 + 1.0) / 2 + (0.8 + 0.6) / 2 + 0.8) / 3, abs=1e-12)
+
+
+def test_reply_baseline_never_takes_the_users_own_reply():
+    """Alone, a user's own next request would be the nearest: with one user there is no
+    baseline, and the own exchange never counts."""
+    from personal.data.schema import Persona
+
+    ds = Dataset([Persona("a", None, [], [_session(0, "x1", "r1", "y2", "s2")])])
+    out = reply_baseline(ds, embed_fn=_hand_embed)
+    assert out["reply_baseline"] is None and "at least 2 users" in out["note"]
+
+
+def test_reply_baseline_sample_shape_options():
+    ds = _reply_dataset()
+    two = reply_baseline(ds, "middle", 2, embed_fn=_hand_embed)  # first exchange of each user only
+    assert two["turns"] == 3
+    with pytest.raises(ValueError, match="session must be one of"):
+        reply_baseline(ds, "median", embed_fn=_hand_embed)
+    with pytest.raises(ValueError, match="max_messages must be at least 2"):
+        reply_baseline(ds, "middle", 1, embed_fn=_hand_embed)
