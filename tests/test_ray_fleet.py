@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from personal.distributed.fleet import per_user_groups, train_fleet, train_shard
 from personal.distributed.smoke import smoke_config
 from personal.experiment.context import Context
+from personal.models.core import PARITY_RTOL, lora_products, relative_difference
 
 torch.set_num_threads(1)
 
@@ -25,8 +26,13 @@ def weights(run, name):
     return load_file(str(run / "adapters" / name / "adapter_model.safetensors"))
 
 
-def same(a, b, atol=1e-5):
-    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol) for k in a)
+def same(a, b):
+    """The same training up to float summation order (padding widths differ between one
+    engine call for all adapters and one per adapter): the adapters' weight changes B @ A
+    (zero at the start, so the comparison is relative to the trained update) agree within
+    the training core's derived PARITY_RTOL; an elementwise atol does not hold, since Adam
+    gives elements whose gradient is at the rounding level an O(lr) step either way."""
+    return a.keys() == b.keys() and relative_difference(lora_products(a), lora_products(b)) <= PARITY_RTOL
 
 
 def fleet_of(ctx):

@@ -431,11 +431,11 @@ class Voice:
     #: Inside `cued(cue)`, the chance that an assistant bank gives the one entry that request
     #: kind `cue` favours (the same for every user of the register) rather than a weighted
     #: draw: replies follow from requests, so a similar request gets a similar reply.
-    CUE_SHARE = 0.7
+    CUE_SHARE = 0.95
     #: The assistant's house style: the chance an assistant bank gives one of its first
     #: `HOUSE_SPREAD` entries that fit ("I've set the {dev} to {p}.", "Sure.", "Would you like
     #: me to adjust the {dev} as well?"), the same shapes whatever the device or the user.
-    HOUSE_SHARE = 0.75
+    HOUSE_SHARE = 0.6
     HOUSE_SPREAD = 1
     _parsed: dict[str, list[tuple[frozenset[str], str]]] = {}  # bank name -> parsed entries
     _requirements: dict[str, frozenset[str]] = {}  # bank name -> tags its entries require
@@ -447,7 +447,7 @@ class Voice:
         self.user_key = user_key
         self.archetype = archetype
         self.register = register
-        self._tables: dict[str, dict[frozenset[str], tuple[list[str], list[float]]]] = {}
+        self._tables: dict[str, dict[frozenset[str], tuple[list[str], list[float], list[str]]]] = {}
         self.cue: Optional[str] = None
 
     @classmethod
@@ -482,18 +482,22 @@ class Voice:
             weights[i] += self.ASSISTANT_PERSONAL_WEIGHT if assistant else self.PERSONAL_WEIGHT
         return weights
 
-    def _table(self, name: str, entries: tuple[str, ...], offered: frozenset[str]) -> tuple[list[str], list[float]]:
-        """Texts usable with `offered` tags and their cumulative weights."""
+    def _table(self, name: str, entries: tuple[str, ...],
+               offered: frozenset[str]) -> tuple[list[str], list[float], list[str]]:
+        """Texts usable with `offered` tags, their cumulative weights, and those of them that
+        fit every register (what a cued pick draws from, so it is the same for everyone)."""
         weights = self._weights(name, entries)
-        texts, cum, total = [], [], 0.0
+        texts, cum, neutral, total = [], [], [], 0.0
         for (tags, text), w in zip(self._entries(name, entries), weights):
             if w > 0 and all(t in offered for t in tags - {"f", "c"}):
                 total += w
                 texts.append(text)
                 cum.append(total)
+                if not tags & {"f", "c"}:
+                    neutral.append(text)
         if not texts:
             raise ValueError(f"phrase bank {name!r} has no entry for tags {sorted(offered)}")
-        return texts, cum
+        return texts, cum, neutral or texts
 
     def pick(self, rng: random.Random, name: str, entries: tuple[str, ...],
              offered: Iterable[str] = ()) -> str:
@@ -507,14 +511,14 @@ class Voice:
         key = self._requirements[name].intersection(offered) if offered else _NO_TAGS
         if key not in tables:
             tables[key] = self._table(name, entries, key)
-        texts, cum = tables[key]
+        texts, cum, neutral = tables[key]
         if not name.startswith("user_"):
             r = rng.random()
             if r < self.HOUSE_SHARE:  # one of the bank's first entries: a shape for every device
                 return texts[int(r / self.HOUSE_SHARE * min(self.HOUSE_SPREAD, len(texts)))]
             if self.cue is not None and r < self.HOUSE_SHARE + (1 - self.HOUSE_SHARE) * self.CUE_SHARE:
                 # the same request gets the same wording from the assistant, whoever asks
-                return texts[zlib.crc32(f"{name}:{self.cue}".encode()) % len(texts)]
+                return neutral[zlib.crc32(f"{name}:{self.cue}".encode()) % len(neutral)]
         # what rng.choices(texts, cum_weights=cum) does, without its per-call overhead
         return texts[bisect.bisect_right(cum, rng.random() * cum[-1], 0, len(cum) - 1)]
 

@@ -6,6 +6,7 @@ relies on them); user text follows only the user's own way of speaking.
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
@@ -172,9 +173,17 @@ def question_text(rng: random.Random, p: Profile, question: Question, activity: 
 #: Share of confirming turns that open with "Sure." and the like whatever the user's habit:
 #: real replies mostly open with one of a few such words.
 OPENER_FLOOR = 0.7
+#: Share of replies whose shape (an opener or not) follows from the kind of request answered
+#: (`reply_cue`), the same for every user, rather than from the user's habits.
+STRUCTURE_CUE = 0.95
+
+
+def cue_draw(key: str) -> float:
+    """A number in [0, 1) fixed by `key`: a decision the same for every user asking alike."""
+    return zlib.crc32(key.encode()) % 1000 / 1000
 #: Scale of the personal remarks (history, activity, warmth) of a confirming turn: real
 #: replies mostly confirm and ask, and "Enjoy your reading, Ethan." is the exception.
-REMARK_SCALE = 0.4
+REMARK_SCALE = 0.2
 #: Scale of users' small talk (weather, activity, mood, …): enough to sound like people,
 #: little enough that the request carries the turn (real user turns: ~18 words).
 SMALL_TALK_SCALE = 0.45
@@ -200,7 +209,10 @@ def decide_remarks(rng: random.Random, p: Profile, act: AssistantAct, scene: Sce
     s, r = p.style, Remarks()
     if act.kind == "confirm":
         r.greeting = scene.first and rng.random() < 0.1
-        r.opener = not r.greeting and rng.random() < OPENER_FLOOR + (1 - OPENER_FLOOR) * s.opener_rate
+        if rng.random() < STRUCTURE_CUE:  # as this kind of request is answered, whoever asks
+            r.opener = not r.greeting and cue_draw("opener|" + reply_cue(act, fine=True)) < OPENER_FLOOR
+        else:
+            r.opener = not r.greeting and rng.random() < OPENER_FLOOR + (1 - OPENER_FLOOR) * s.opener_rate
         tags = context_tags(scene.meta)
         r.context = (scene.first and rng.random() < 0.1
                      and any(e.split("|")[0] in tags for e in BANK["context"]))
@@ -259,11 +271,15 @@ def _place_name(p: Profile, spot: str, sentences: list[str],
     return sentences, question
 
 
-def reply_cue(act: AssistantAct) -> str:
-    """What kind of request the assistant answers: the act, its devices and parameters, its
-    question (values left out). Replies to requests of one kind share their wording."""
-    settings = ";".join(f"{d}:{','.join(sorted(ps))}" for d, ps in act.settings.items())
-    return f"{act.kind}|{settings}|{act.direction}|{act.after_decline}"
+def reply_cue(act: AssistantAct, fine: bool = False) -> str:
+    """What kind of request the assistant answers: the act and its devices (values left out);
+    `fine` adds the parameters set. Replies to requests of one kind share their wording (the
+    coarse kind, so requests for one device read alike) and their shape (the fine kind, so
+    the shares of turns with an opener or a question are not set by a handful of kinds)."""
+    kind = f"{act.kind}|{','.join(act.settings)}|{act.direction}|{act.after_decline}"
+    if fine:
+        kind += "|" + ";".join(f"{d}:{','.join(sorted(ps))}" for d, ps in act.settings.items())
+    return kind
 
 
 def render_assistant(rng: random.Random, p: Profile, act: AssistantAct, scene: Scene,

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import math
 import random
-import zlib
 from dataclasses import dataclass, field
 from typing import Optional
 
 from personal.data.schema import DEVICES, Actions, IntParam, Message, Routine, Session
-from personal.data.synth_render import Scene, decide_remarks, render_assistant, render_user, reply_cue
+from personal.data.synth_render import Scene, decide_remarks, render_assistant, render_user, cue_draw, reply_cue
 from personal.data.synth_users import (Profile, matches, pick_device, sample_context,
                                        spontaneous_settings)
 
@@ -31,11 +30,14 @@ MEAN_VERBOSITY = 0.47
 CROSS_OFFER = 0.1
 #: Share of generic questions (anything else? / is that right? / none) decided by the kind
 #: of request answered rather than by the user's habit, and how often that decision asks.
-QUESTION_CUE = 0.7
+QUESTION_CUE = 0.85
 QUESTION_RATE = 0.6
 #: Devices asked for late in a routine-driven session (real dialogues rarely reach the
 #: speaker or the security system within their first five messages).
 LATE_DEVICES = {"speaker": 1.5, "security": 2.5}
+#: Chance that a device with both levels and choices is done in two turns (choices, then
+#: levels, or the other way round) rather than in one.
+SPLIT_SHARE = 0.7
 ADJUST_STEP = {"temperature": (1, 2), "fan_speed": (1, 1), "brightness": (10, 20), "volume": (5, 15),
                "alarm_volume": (10, 20)}
 
@@ -104,7 +106,7 @@ def _split_params(rng: random.Random, dev: str, params: dict) -> list[dict]:
     other way round."""
     numeric = {k: v for k, v in params.items() if isinstance(DEVICES[dev][k], IntParam)}
     choice = {k: v for k, v in params.items() if k not in numeric}
-    if dev == "security" or not numeric or not choice or rng.random() >= 0.7:
+    if dev == "security" or not numeric or not choice or rng.random() >= SPLIT_SHARE:
         return [params]
     return [choice, numeric] if rng.random() < 0.7 else [numeric, choice]
 
@@ -165,7 +167,7 @@ def _generic_question(rng: random.Random, p: Profile, prev: AssistantAct,
     Mostly (`QUESTION_CUE`) whether and what the assistant asks follows from the request it
     answers, the same for every user; otherwise from this user's habits."""
     if rng.random() < QUESTION_CUE:
-        h = zlib.crc32(("ask|" + reply_cue(prev)).encode()) % 1000 / 1000
+        h = cue_draw("ask|" + reply_cue(prev, fine=True))
         if h >= QUESTION_RATE:
             return None
         return ("more", "", "") if h < 0.8 * QUESTION_RATE else ("check", "", "")
