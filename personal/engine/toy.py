@@ -19,6 +19,40 @@ def tiny_llama(seed: int = 0, vocab_size: int = 96, hidden_size: int = 32, num_l
     return LlamaForCausalLM(config).to(dtype).eval()
 
 
+#: Architectures of real instruct models (their published configs), for random-weight stand-ins
+#: where the weights are not on the machine (tests, GPU benchmarks): SmolLM2-135M-Instruct is a
+#: Llama with 9 query / 3 KV heads and tied embeddings; Qwen2.5-0.5B-Instruct a Qwen2 with
+#: 14 / 2 heads, biases on q/k/v, tied embeddings and a 151,936-token vocabulary.
+REAL_SHAPES = {
+    "smollm2-135m": ("llama", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                                   num_hidden_layers=30, num_attention_heads=9,
+                                   num_key_value_heads=3, rope_theta=100000.0,
+                                   tie_word_embeddings=True, rms_norm_eps=1e-5)),
+    "qwen2.5-0.5b": ("qwen2", dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                                   num_hidden_layers=24, num_attention_heads=14,
+                                   num_key_value_heads=2, rope_theta=1000000.0,
+                                   tie_word_embeddings=True, rms_norm_eps=1e-6)),
+}
+
+
+def real_shape(name: str, num_layers: int | None = None, seed: int = 0,
+               tie_word_embeddings: bool | None = None, dtype=torch.float32):
+    """A random-weight model of a real model's shape (`REAL_SHAPES`), optionally at reduced
+    depth or with untied embeddings; the same seed gives the same weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    kind, fields = REAL_SHAPES[name]
+    fields = dict(fields, max_position_embeddings=2048, pad_token_id=0)
+    if num_layers is not None:
+        fields["num_hidden_layers"] = num_layers
+    if tie_word_embeddings is not None:
+        fields["tie_word_embeddings"] = tie_word_embeddings
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM),
+                             "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[kind]
+    torch.manual_seed(seed)
+    return model_cls(config_cls(**fields)).to(dtype).eval()
+
+
 def random_examples(n: int, seed: int, vocab_size: int = 96, min_len: int = 6,
                     max_len: int = 14, prompt_len: int = 3) -> list[dict]:
     """n examples of random tokens: the first `prompt_len` are prompt (label -100), the rest
