@@ -57,3 +57,37 @@ def test_an_adapter_on_a_real_shape_matches_peft(tmp_path, name, tied):
                              do_sample=False, eos_token_id=2, pad_token_id=0)
         new = out[0, len(PROMPTS[r]):].tolist()
         assert mixed[r, :len(new)].tolist() == new, f"row {r} (adapter {k})"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, trims", [("smollm2-135m", True), ("qwen2.5-0.5b", False)])
+def test_the_fast_loss_paths_equal_the_plain_loss_on_real_shapes(name, trims):
+    """The training loss goes through the fused head (`linear_cross_entropy`) on both shapes,
+    and through the last-layer trim only on the Llama one (Qwen2's layers are another
+    class: it falls back to one plain pass). Either way: the plain loss and gradients."""
+    import torch.nn.functional as F
+
+    from personal.models.last_layer import last_llama_layer
+    from personal.models.training import masked_lm_loss
+
+    model = real_shape(name, num_layers=2).train()
+    assert (last_llama_layer(model) is not None) == trims
+    assert model.config._attn_implementation == "sdpa"  # the trim's other condition
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 5000, (2, 48), generator=g)
+    labels = torch.full_like(ids, -100)
+    labels[:, -6:] = ids[:, -6:]  # a reply after a long prompt: what the trim is for
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+             "position_ids": torch.arange(48).expand(2, 48)}
+    fast, n = masked_lm_loss(model, batch)
+    fast.backward()
+    fast_grads = {k: p.grad.clone() for k, p in model.named_parameters() if "layers.1" in k}
+    model.zero_grad()
+    logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits[:, :-1]
+    plain = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                            ignore_index=-100)
+    plain.backward()
+    plain_grads = {k: p.grad for k, p in model.named_parameters() if "layers.1" in k}
+    assert n == 12 and torch.allclose(fast, plain, rtol=1e-5)
+    # summation order differs (fused chunks, trimmed rows): norm-wise, as in models.core
+    assert relative_difference(fast_grads, plain_grads) < 1e-4
