@@ -150,7 +150,7 @@ def test_a_lora_step_on_smollm2_changes_the_adapter_and_lowers_the_loss(smollm2)
 
 
 @pytest.mark.slow
-def test_the_stacked_engine_on_smollm2_equals_peft(tmp_path):
+def test_the_stacked_engine_on_smollm2_equals_peft(smollm2, tmp_path):
     """Two random adapters in the engine's stack on the real model (GQA: 3 KV heads, tied
     embeddings): adapter 1 exported to a peft folder gives the same logits in plain peft,
     and the mixed batch's greedy tokens equal peft's `generate` per row."""
@@ -162,9 +162,9 @@ def test_the_stacked_engine_on_smollm2_equals_peft(tmp_path):
     from personal.models.base import load_base
     from personal.models.core import relative_difference
 
-    cfg = _cfg(tmp_path)
-    fresh = lambda: load_base(cfg)[0]  # noqa: E731 (cached after the first call: seconds)
-    model, tokenizer = load_base(cfg)
+    cfg, _, tokenizer = smollm2  # the module's converted folder: each load takes seconds
+    fresh = lambda: load_base(cfg)[0]  # noqa: E731
+    model = fresh()
     stack = inject_stacked_lora(model, 2, rank=4, alpha=8.0, target_modules=["q_proj", "k_proj",
                                                                             "v_proj", "o_proj"])
     g = torch.Generator().manual_seed(0)

@@ -52,6 +52,14 @@ def _share(flags: list[bool]) -> Optional[float]:
     return float(np.mean(flags)) if flags else None
 
 
+def _per_user_mean(owners: Sequence[str], scores: Sequence[float]) -> float:
+    """Mean over users of each user's mean score (the evaluation protocol's averaging)."""
+    per_user: dict[str, list[float]] = defaultdict(list)
+    for pid, s in zip(owners, scores):
+        per_user[pid].append(float(s))
+    return float(np.mean([np.mean(v) for v in per_user.values()]))
+
+
 # --- Descriptive statistics ---------------------------------------------------------------
 
 def split_counts(ds: Dataset, splits: Splits) -> dict[str, dict[str, int]]:
@@ -194,11 +202,8 @@ def noise_ceiling(ds: Dataset, splits: Splits, max_turns: Optional[int] = None) 
         return out
     pairs = [pairs[i] for i in _even_subsample(len(pairs), max_turns)]
     sims = cosine_pairs([a for _, a, _ in pairs], [b for _, _, b in pairs]).astype(np.float64)
-    per_user: dict[str, list[float]] = defaultdict(list)
-    for (pid, _, _), s in zip(pairs, sims):
-        per_user[pid].append(float(s))
     out.update(noise_ceiling=float(sims.mean()), pairs=len(pairs),
-               per_user_mean=float(np.mean([np.mean(v) for v in per_user.values()])),
+               per_user_mean=_per_user_mean([pid for pid, _, _ in pairs], sims),
                min=float(sims.min()), max=float(sims.max()))
     out["seconds"] = time.perf_counter() - start
     return out
@@ -255,11 +260,7 @@ def reply_baseline(ds: Dataset, session: str = "middle", max_messages: int = 5,
     sim[owners[:, None] == owners[None, :]] = -np.inf  # another user's dialogue only
     nearest = sim.argmax(axis=1)
     scores = np.einsum("ij,ij->i", replies, replies[nearest])
-    per_user: dict[str, list[float]] = defaultdict(list)
-    for pid, s in zip(owners, scores):
-        per_user[pid].append(float(s))
-    out.update(reply_baseline=float(scores.mean()),
-               per_user_mean=float(np.mean([np.mean(v) for v in per_user.values()])),
+    out.update(reply_baseline=float(scores.mean()), per_user_mean=_per_user_mean(owners, scores),
                seconds=time.perf_counter() - start)
     return out
 
@@ -354,7 +355,7 @@ def _format_must_show(stats: dict[str, Any]) -> list[str]:
                      f"(per-user mean {ceil['per_user_mean']:.3f})")
     else:
         lines.append(f"  (c) noise ceiling         {ceil.get('note', '')}")
-    rb = stats.get("reply_baseline", {})
+    rb = stats["reply_baseline"]
     if rb.get("reply_baseline") is not None:
         lines.append(f"  (d) reply baseline        {rb['reply_baseline']:.3f} mean MiniLM cosine, "
                      f"nearest other user's request -> its reply, {rb['turns']} turns of "

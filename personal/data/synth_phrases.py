@@ -466,7 +466,7 @@ class Voice:
         """Weights of every entry of a bank for this user (0 outside the register)."""
         parsed = self._entries(name, entries)
         fits = [i for i, (tags, _) in enumerate(parsed) if self._in_register(tags)]
-        assistant = not name.startswith("user_")
+        assistant = _assistant_bank(name)
         key = (self.archetype, name, self.register)
         if key not in self._shared:
             weights = [1.0 if i in fits else 0.0 for i in range(len(parsed))]
@@ -512,7 +512,7 @@ class Voice:
         if key not in tables:
             tables[key] = self._table(name, entries, key)
         texts, cum, neutral = tables[key]
-        if not name.startswith("user_"):
+        if _assistant_bank(name):
             r = rng.random()
             if r < self.HOUSE_SHARE:  # the bank's first entry: one shape for every device
                 return texts[0]
@@ -530,6 +530,11 @@ class Voice:
             yield self
         finally:
             self.cue = outer
+
+
+def _assistant_bank(name: str) -> bool:
+    """Banks the assistant's text draws from: every bank not named `user_*`."""
+    return not name.startswith("user_")
 
 
 def user_key_of(name: str, population: str, index: int) -> str:

@@ -176,17 +176,17 @@ OPENER_FLOOR = 0.7
 #: Share of replies whose shape (an opener or not) follows from the kind of request answered
 #: (`reply_cue`), the same for every user, rather than from the user's habits.
 STRUCTURE_CUE = 0.95
-
-
-def cue_draw(key: str) -> float:
-    """A number in [0, 1) fixed by `key`: a decision the same for every user asking alike."""
-    return zlib.crc32(key.encode()) % 1000 / 1000
 #: Scale of the personal remarks (history, activity, warmth) of a confirming turn: real
 #: replies mostly confirm and ask, and "Enjoy your reading, Ethan." is the exception.
 REMARK_SCALE = 0.2
 #: Scale of users' small talk (weather, activity, mood, …): enough to sound like people,
 #: little enough that the request carries the turn (real user turns: ~18 words).
 SMALL_TALK_SCALE = 0.45
+
+
+def cue_draw(key: str) -> float:
+    """A number in [0, 1) fixed by `key`: a decision the same for every user asking alike."""
+    return zlib.crc32(key.encode()) % 1000 / 1000
 
 
 @dataclass

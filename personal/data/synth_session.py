@@ -22,7 +22,6 @@ from personal.data.synth_users import (Profile, matches, pick_device, sample_con
 TURN_WEIGHTS = {2: 0.2, 3: 0.3, 4: 0.24, 5: 0.13, 6: 0.08, 7: 0.05}
 #: The population's mean verbosity: users above it talk longer, users below it shorter.
 MEAN_VERBOSITY = 0.47
-#: Step of an adjustment ("a bit warmer") per integer parameter: (smallest, largest).
 #: Chance that an assistant question about *another* device (whose answer only the user's own
 #: routine can tell) is asked where a generic one would be: kept low because real replies
 #: follow from the request (issue 18's reply baseline), so most questions are about the
@@ -38,6 +37,7 @@ LATE_DEVICES = {"speaker": 1.5, "security": 2.5}
 #: Chance that a device with both levels and choices is done in two turns (choices, then
 #: levels, or the other way round) rather than in one.
 SPLIT_SHARE = 0.7
+#: Step of an adjustment ("a bit warmer") per integer parameter: (smallest, largest).
 ADJUST_STEP = {"temperature": (1, 2), "fan_speed": (1, 1), "brightness": (10, 20), "volume": (5, 15),
                "alarm_volume": (10, 20)}
 
