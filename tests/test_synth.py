@@ -330,7 +330,8 @@ def test_questions_state_no_value(medium):
 
 def test_gold_actions_cover_offers_only_when_taken_up(medium):
     """An offer names a device the turn does not set; when the user accepts, the *next*
-    assistant turn sets it."""
+    assistant turn sets it. (Offers of another device are rare since issue 18: most
+    questions are about the request itself.)"""
     offers = taken = 0
     for p in medium.personas:
         for s in p.sessions:
@@ -344,4 +345,4 @@ def test_gold_actions_cover_offers_only_when_taken_up(medium):
                 if offered and msgs[i].actions:
                     offers += 1
                     taken += bool(offered & set(msgs[i + 2].actions))
-    assert offers > 150 and 0.4 < taken / offers < 0.95
+    assert offers > 60 and 0.4 < taken / offers < 0.95

@@ -431,7 +431,7 @@ class Voice:
     #: Inside `cued(cue)`, the chance that an assistant bank gives the one entry that request
     #: kind `cue` favours (the same for every user of the register) rather than a weighted
     #: draw: replies follow from requests, so a similar request gets a similar reply.
-    CUE_SHARE = 0.95
+    CUE_SHARE = 0.98
     #: The assistant's house style: the chance an assistant bank gives its first entry that
     #: fits ("I've set the {dev} to {p}.", "Sure.", "Would you like me to adjust the {dev} as
     #: well?"), the same shape whatever the device or the user. (Spreading it over the first
@@ -513,12 +513,13 @@ class Voice:
             tables[key] = self._table(name, entries, key)
         texts, cum, neutral = tables[key]
         if _assistant_bank(name):
-            r = rng.random()
-            if r < self.HOUSE_SHARE:  # the bank's first entry: one shape for every device
+            if self.cue is not None and rng.random() < self.CUE_SHARE:
+                # the same request gets the same wording from the assistant, whoever asks:
+                # the house shape for most kinds of request, another fixed entry for the rest
+                h = zlib.crc32(f"{name}:{self.cue}".encode())
+                return texts[0] if h % 1000 < self.HOUSE_SHARE * 1000 else neutral[h % len(neutral)]
+            if rng.random() < self.HOUSE_SHARE:  # the bank's first entry: one shape for every device
                 return texts[0]
-            if self.cue is not None and r < self.HOUSE_SHARE + (1 - self.HOUSE_SHARE) * self.CUE_SHARE:
-                # the same request gets the same wording from the assistant, whoever asks
-                return neutral[zlib.crc32(f"{name}:{self.cue}".encode()) % len(neutral)]
         # what rng.choices(texts, cum_weights=cum) does, without its per-call overhead
         return texts[bisect.bisect_right(cum, rng.random() * cum[-1], 0, len(cum) - 1)]
 

@@ -283,16 +283,18 @@ def reply_cue(act: AssistantAct, fine: bool = False) -> str:
 
 
 def render_assistant(rng: random.Random, p: Profile, act: AssistantAct, scene: Scene,
-                     remarks: Remarks) -> str:
+                     remarks: Remarks, alt: bool = False) -> str:
     """The assistant's text for `act` with the parts in `remarks`, worded as replies to this
-    kind of request are (`reply_cue`) in this user's register (call twice with different
-    generators for `text` and `alt_text`)."""
-    with p.voice.cued(reply_cue(act)):
-        return _render_assistant(rng, p, act, scene, remarks)
+    kind of request are (`reply_cue`) in this user's register. `alt` words the re-phrasing
+    (`alt_text`): another generator and another cued wording, as a second assistant whose
+    replies follow from requests just as much would say it."""
+    salt = "alt|" if alt else ""
+    with p.voice.cued(salt + reply_cue(act)):
+        return _render_assistant(rng, p, act, scene, remarks, salt)
 
 
 def _render_assistant(rng: random.Random, p: Profile, act: AssistantAct, scene: Scene,
-                      remarks: Remarks) -> str:
+                      remarks: Remarks, salt: str) -> str:
     if act.kind == "confirm":
         sentences = _confirm_sentences(rng, p, act, scene, remarks)
     elif act.kind == "clarify":
@@ -301,7 +303,7 @@ def _render_assistant(rng: random.Random, p: Profile, act: AssistantAct, scene: 
         sentences = _close_sentences(rng, p, act, scene, remarks)
     question = None
     if act.question:
-        with p.voice.cued("question|" + "/".join(act.question)):
+        with p.voice.cued(salt + "question|" + "/".join(act.question)):
             question = question_text(rng, p, act.question, scene.activity)
     if remarks.name:
         sentences, question = _place_name(p, remarks.name, sentences, question)
@@ -444,7 +446,7 @@ def render_user(rng: random.Random, p: Profile, act: UserAct, scene: Scene,
                 prev_question: Optional[Question]) -> str:
     """The user's text for `act`, in their own way of speaking."""
     talk = min(1.0, 0.45 + 0.7 * p.style.verbosity)  # chance of saying why, scaled per turn below
-    declined = prev_question is not None and prev_question[0] == "offer"  # an offer not taken up
+    declined = prev_question is not None and prev_question[0] in ("offer", "offer_param")  # not taken up
     if act.kind in ("open", "request"):
         usual = act.how == "usual" and scene.activity is not None  # names the activity itself
         sentences = _small_talk(rng, p, scene, 1.0 if scene.first else 0.6, scene.first, not usual)

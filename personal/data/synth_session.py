@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from personal.data.schema import DEVICES, Actions, IntParam, Message, Routine, Session
+from personal.data.synth_phrases import PARAM_OFFER_WHAT
 from personal.data.synth_render import Scene, decide_remarks, render_assistant, render_user, cue_draw, reply_cue
 from personal.data.synth_users import (Profile, matches, pick_device, sample_context,
                                        spontaneous_settings)
@@ -29,11 +30,14 @@ MEAN_VERBOSITY = 0.47
 CROSS_OFFER = 0.1
 #: Share of generic questions (anything else? / is that right? / none) decided by the kind
 #: of request answered rather than by the user's habit, and how often that decision asks.
-QUESTION_CUE = 0.85
-QUESTION_RATE = 0.6
+QUESTION_CUE = 0.95
+QUESTION_RATE = 0.75
+#: Share of request kinds after which the assistant offers another setting of the same
+#: device ("Would you like me to adjust the brightness as well?") while one is left.
+OFFER_RATE = 0.4
 #: Devices asked for late in a routine-driven session (real dialogues rarely reach the
 #: speaker or the security system within their first five messages).
-LATE_DEVICES = {"speaker": 1.5, "security": 2.5}
+LATE_DEVICES = {"tv": -0.8, "speaker": 1.5, "security": 4.0}
 #: Chance that a device with both levels and choices is done in two turns (choices, then
 #: levels, or the other way round) rather than in one.
 SPLIT_SHARE = 0.7
@@ -159,18 +163,33 @@ def _opening(rng: random.Random, p: Profile, chunk: Actions, routine: bool, turn
     return [Step(UserAct("open", chunk, how), AssistantAct("confirm", chunk, how != "exact"))]
 
 
-def _generic_question(rng: random.Random, p: Profile, prev: AssistantAct,
+def _unset_param(prev: AssistantAct, touched: Actions, h: float) -> Optional[Question]:
+    """("offer_param", device, parameter) for a parameter of `prev`'s first device not set yet
+    this session (which one fixed by `h`), or None when every one is set."""
+    if not prev.settings:
+        return None
+    dev = next(iter(prev.settings))
+    free = [k for k in DEVICES[dev] if (dev, k) in PARAM_OFFER_WHAT and k not in touched.get(dev, {})
+            and k not in prev.settings[dev]]
+    return ("offer_param", dev, free[int(h * 1000) % len(free)]) if free else None
+
+
+def _generic_question(rng: random.Random, p: Profile, prev: AssistantAct, touched: Actions,
                       avoid: Optional[set[str]] = None) -> Optional[Question]:
-    """A question the user will not take up after `prev`: anything else?, is that right?, or
-    (when `avoid` names the devices already in play) an offer of another device.
+    """The question that ends `prev`: another setting of the same device, anything else?,
+    is that right?, none, or (when `avoid` names the devices already in play, rarely) an
+    offer of another device.
 
     Mostly (`QUESTION_CUE`) whether and what the assistant asks follows from the request it
     answers, the same for every user; otherwise from this user's habits."""
     if rng.random() < QUESTION_CUE:
-        h = cue_draw("ask|" + reply_cue(prev, fine=True))
-        if h >= QUESTION_RATE:
+        # whether to ask by the request's fine kind (so the share of questions is not set by
+        # a handful of kinds), what to ask by its coarse kind (alike for a device's requests)
+        if cue_draw("ask|" + reply_cue(prev, fine=True)) >= QUESTION_RATE:
             return None
-        return ("more", "", "") if h < 0.8 * QUESTION_RATE else ("check", "", "")
+        h = cue_draw("what|" + reply_cue(prev))
+        offer = _unset_param(prev, touched, h) if h < OFFER_RATE else None
+        return offer or (("more", "", "") if h < OFFER_RATE + 0.8 * (1 - OFFER_RATE) else ("check", "", ""))
     if rng.random() >= p.style.question_rate:
         return None
     other = pick_device(rng, p, avoid) if avoid is not None and rng.random() < CROSS_OFFER else None
@@ -191,13 +210,17 @@ def _offer(chunk: Actions, touched: Actions) -> Question:
 
 def _next_chunk(rng: random.Random, p: Profile, prev: AssistantAct, chunk: Actions, touched: Actions,
                 routine: bool) -> Step:
-    """The user gets the next settings: by accepting an offer, or by asking."""
-    same_device = next(iter(chunk)) in touched  # "… the brightness as well?" follows from the request
-    if rng.random() < p.style.offer_rate * (1.0 if same_device else 3 * CROSS_OFFER):
-        prev.question = _offer(chunk, touched)
+    """The user gets the next settings: by accepting an offer, or by asking (after declining
+    an offer of something else)."""
+    dev = next(iter(chunk))
+    if dev not in touched and rng.random() < p.style.offer_rate * CROSS_OFFER:
+        prev.question = _offer(chunk, touched)  # this user's assistant offers the next device
+    else:
+        prev.question = _generic_question(rng, p, prev, touched, set(touched) | set(chunk))
+    q = prev.question
+    if q and q[0] in ("offer", "offer_param") and q[1] == dev and (q[0] == "offer" or q[2] in chunk[dev]):
         how = "usual" if routine and rng.random() < 0.5 else "exact" if rng.random() < 0.6 else "wish"
         return Step(UserAct("accept", chunk, how), AssistantAct("confirm", chunk, how != "exact"))
-    prev.question = _generic_question(rng, p, prev, set(touched) | set(chunk))
     how = "exact" if rng.random() < p.style.exact_rate else "wish"
     return Step(UserAct("request", chunk, how), AssistantAct("confirm", chunk, how != "exact"))
 
@@ -209,7 +232,7 @@ def _closing(rng: random.Random, p: Profile, prev: AssistantAct, touched: Action
     if other and rng.random() < CROSS_OFFER:
         prev.question = ("offer", other, "")
         return Step(UserAct("decline"), AssistantAct("close", after_decline=True))
-    prev.question = _generic_question(rng, p, prev)
+    prev.question = _generic_question(rng, p, prev, touched)
     return Step(UserAct("thanks"), AssistantAct("close", question=more))
 
 
@@ -254,7 +277,7 @@ def plan_session(rng: random.Random, p: Profile, chunks: list[Actions], turns: i
     if last.kind == "confirm" and last.question is None:
         other = pick_device(rng, p, set(touched))
         last.question = (("offer", other, "") if other and rng.random() < CROSS_OFFER
-                         else _generic_question(rng, p, last))
+                         else _generic_question(rng, p, last, touched))
     return steps
 
 
@@ -273,7 +296,7 @@ def _realize(rng: random.Random, alt_rng: random.Random, p: Profile, meta: dict[
         remarks = decide_remarks(rng, p, step.assistant, assistant)
         text = render_assistant(rng, p, step.assistant, assistant, remarks)
         for _ in range(10):  # a re-phrasing identical to the text measures nothing
-            alt_text = render_assistant(alt_rng, p, step.assistant, assistant, remarks)
+            alt_text = render_assistant(alt_rng, p, step.assistant, assistant, remarks, alt=True)
             if alt_text != text:
                 break
         actions = {dev: dict(params) for dev, params in step.assistant.settings.items()}
