@@ -28,8 +28,9 @@ MEAN_VERBOSITY = 0.47
 #: follow from the request (issue 18's reply baseline), so most questions are about the
 #: request itself (another parameter of the same device) or generic.
 CROSS_OFFER = 0.1
-#: Share of generic questions (anything else? / is that right? / none) decided by the kind
-#: of request answered rather than by the user's habit, and how often that decision asks.
+#: Share of the questions ending a turn (another setting of the same device / anything else?
+#: / is that right? / none) decided by the kind of request answered rather than by the
+#: user's habit, and how often that decision asks.
 QUESTION_CUE = 0.95
 QUESTION_RATE = 0.75
 #: Share of request kinds after which the assistant offers another setting of the same
