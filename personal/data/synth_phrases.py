@@ -432,9 +432,10 @@ class Voice:
     #: kind `cue` favours (the same for every user of the register) rather than a weighted
     #: draw: replies follow from requests, so a similar request gets a similar reply.
     CUE_SHARE = 0.98
-    #: The assistant's house style: the chance an assistant bank gives its first entry that
-    #: fits ("I've set the {dev} to {p}.", "Sure.", "Would you like me to adjust the {dev} as
-    #: well?"), the same shape whatever the device or the user. (Spreading it over the first
+    #: The assistant's house style: the share of request kinds (inside `cued`) for which an
+    #: assistant bank gives its first entry that fits, and the chance of it outside a cue
+    #: ("I've set the {dev} to {p}.", "Sure.", "Would you like me to adjust the {dev} as
+    #: well?"): the same shape whatever the device or the user. (Spreading it over the first
     #: three entries, for more varied openings, cost ~0.05 of the reply baseline: measured.)
     HOUSE_SHARE = 0.6
     _parsed: dict[str, list[tuple[frozenset[str], str]]] = {}  # bank name -> parsed entries

@@ -175,7 +175,7 @@ def _unset_param(prev: AssistantAct, touched: Actions, h: float) -> Optional[Que
     return ("offer_param", dev, free[int(h * 1000) % len(free)]) if free else None
 
 
-def _generic_question(rng: random.Random, p: Profile, prev: AssistantAct, touched: Actions,
+def _ending_question(rng: random.Random, p: Profile, prev: AssistantAct, touched: Actions,
                       avoid: Optional[set[str]] = None) -> Optional[Question]:
     """The question that ends `prev`: another setting of the same device, anything else?,
     is that right?, none, or (when `avoid` names the devices already in play, rarely) an
@@ -217,7 +217,7 @@ def _next_chunk(rng: random.Random, p: Profile, prev: AssistantAct, chunk: Actio
     if dev not in touched and rng.random() < p.style.offer_rate * CROSS_OFFER:
         prev.question = _offer(chunk, touched)  # this user's assistant offers the next device
     else:
-        prev.question = _generic_question(rng, p, prev, touched, set(touched) | set(chunk))
+        prev.question = _ending_question(rng, p, prev, touched, set(touched) | set(chunk))
     q = prev.question
     if q and q[0] in ("offer", "offer_param") and q[1] == dev and (q[0] == "offer" or q[2] in chunk[dev]):
         how = "usual" if routine and rng.random() < 0.5 else "exact" if rng.random() < 0.6 else "wish"
@@ -233,7 +233,7 @@ def _closing(rng: random.Random, p: Profile, prev: AssistantAct, touched: Action
     if other and rng.random() < CROSS_OFFER:
         prev.question = ("offer", other, "")
         return Step(UserAct("decline"), AssistantAct("close", after_decline=True))
-    prev.question = _generic_question(rng, p, prev, touched)
+    prev.question = _ending_question(rng, p, prev, touched)
     return Step(UserAct("thanks"), AssistantAct("close", question=more))
 
 
@@ -278,7 +278,7 @@ def plan_session(rng: random.Random, p: Profile, chunks: list[Actions], turns: i
     if last.kind == "confirm" and last.question is None:
         other = pick_device(rng, p, set(touched))
         last.question = (("offer", other, "") if other and rng.random() < CROSS_OFFER
-                         else _generic_question(rng, p, last, touched))
+                         else _ending_question(rng, p, last, touched))
     return steps
 
 
