@@ -344,8 +344,8 @@ def report(run: Path = typer.Argument(..., help="Run directory with evaluated st
     """Write report.md and report.html of a run (the study's table and plots)."""
     from personal.experiment.reporting import report_from_run
 
-    if not (run / "metrics").is_dir():
-        raise PersonalError(f"{run}: not a run directory (no metrics/)")
+    if not (run / "metrics").is_dir() and not (run / "seeds.json").is_file():
+        raise PersonalError(f"{run}: not a run directory (no metrics/ or seeds.json)")
     path = report_from_run(run)
     typer.echo(f"wrote {path} and {path.with_suffix('.html')}")
 
@@ -360,10 +360,14 @@ def run_main(plan: str = typer.Option("phase1", "--plan", help="Which strategies
              ray: bool = typer.Option(True, "--ray/--no-ray", help="Ray executor (default: "
                                       "a local runtime started in-process, or --address); "
                                       "--no-ray runs everything in this process."),
+             seeds: Optional[str] = typer.Option(None, "--seeds", help="Training seeds, "
+                                                 "e.g. 0,1,2 (run.seeds): the plan once per "
+                                                 "seed into RUN/seed-<k>, one report over all."),
              config: Optional[Path] = CONFIG_OPT, overrides: List[str] = OVERRIDES_ARG,
              quiet: bool = QUIET_OPT) -> None:
     """The main job: data, base model, every strategy of the plan, evaluation, report."""
     from personal.experiment.pipeline import plans, run_plan
+    from personal.strategies.registry import get_strategy, strategy_config
 
     known = plans()
     if plan not in known:
@@ -371,15 +375,36 @@ def run_main(plan: str = typer.Option("phase1", "--plan", help="Which strategies
     _logging(quiet)
     t0 = time.perf_counter()
     cfg = _config(config, overrides, data)
-    if address or ray:
-        from personal.distributed.executor import run_experiment
+    if seeds is not None:
+        cfg = set_dotted(cfg, "run.seeds", _seed_list(seeds))
+    for name in known[plan]:  # a bad strategy option stops before any work
+        strategy_config(get_strategy(name), cfg.strategy.get(name))
 
-        path = run_experiment(cfg, run, known[plan], address=address,
-                              temp_dir=_ray_temp(run) if not address else None)
+    def execute(run_cfg, run_path: Path) -> Path:
+        if address or ray:
+            from personal.distributed.executor import run_experiment
+
+            return run_experiment(run_cfg, run_path, known[plan], address=address,
+                                  temp_dir=_ray_temp(run_path) if not address else None)
+        return run_plan(run_cfg, run_path, known[plan])
+
+    if cfg.run.seeds:
+        from personal.experiment.seeds import run_seeds
+
+        path = run_seeds(cfg, run, known[plan], execute)
     else:
-        path = run_plan(cfg, run, known[plan])
+        path = execute(cfg, run)
     typer.echo(path.read_text(encoding="utf-8"))
     typer.echo(f"report: {path} ({time.perf_counter() - t0:.0f}s)")
+
+
+def _seed_list(text: str) -> list[int]:
+    """`--seeds 0,1,2` as a list of integers, or an error naming the option."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise PersonalError(f"--seeds {text!r}: expected comma-separated integers >= 0, "
+                            "e.g. --seeds 0,1,2")
+    return [int(p) for p in parts]
 
 
 def _ray_temp(run: Path, app: str = "") -> str:

@@ -79,6 +79,21 @@ def test_unknown_config_key_exits_2_naming_it(capsys, tmp_path):
     assert code == 2 and "train.lrr" in err
 
 
+@pytest.mark.parametrize("args, named", [
+    (["--seeds", "0,x"], "--seeds '0,x'"), (["--seeds", ""], "--seeds ''"),
+    (["--seeds", "1,1"], "run.seeds has a seed twice"),
+    (["run.seeds=[-1]"], "run.seeds must be a list of integers >= 0"),
+    (["eval.worst_criterion=floor"], "eval.worst_criterion must be one of worst, worst_delta"),
+    (["eval.worst_delta_bound=0.1"], "eval.worst_delta_bound must be in [-2, 0]"),
+    (["strategy.cluster_lora.min_sampels=2"], "strategy.cluster_lora.min_sampels")])
+def test_bad_seeds_and_criteria_exit_2_before_any_work(capsys, tmp_path, args, named):
+    run = tmp_path / "r"
+    code, _, err = run_cli(capsys, "run", "--no-ray", "--run", str(run), "--data",
+                           str(tmp_path / "missing"), *args)
+    assert code == 2 and named in err and "Traceback" not in err
+    assert not run.exists()  # nothing was written
+
+
 def test_missing_folder_and_unknown_strategy_exit_2(capsys, tmp_path):
     code, _, err = run_cli(capsys, "data", "validate", str(tmp_path / "nope"))
     assert code == 2 and "nope" in err

@@ -72,3 +72,36 @@ def test_a_run_resumes_whether_its_paths_are_relative_or_absolute(tmp_path, monk
     pipeline.run_plan(absolute_config(relative), "run", ["base", "unified_lora"])
     assert {f.name: f.stat().st_mtime_ns
             for f in (tmp_path / "run" / "units").glob("*.json")} == finished
+
+
+def test_a_seeds_run_repeats_the_plan_per_seed_and_reports_over_seeds(tiny_cfg):
+    from personal.config import set_dotted
+    from personal.errors import PersonalError
+    from personal.experiment.seeds import run_seeds
+
+    cfg, root = tiny_cfg
+    cfg = set_dotted(cfg, "run.seeds", [0, 1])
+    plan = ["base", "unified_lora"]
+    report = run_seeds(cfg, root / "seeds", plan, lambda c, p: pipeline.run_plan(c, p, plan))
+    text = report.read_text()
+    assert "(2 seeds)" in text and "2 seeds (0, 1): scores are means over seeds" in text
+    a, b = (root / "seeds" / f"seed-{s}" / "adapters/unified_lora/adapter_model.safetensors"
+            for s in (0, 1))
+    assert a.read_bytes() != b.read_bytes()  # another seed: another initialisation
+    seed1 = load_config(root / "seeds" / "seed-1" / "config.yaml")
+    assert seed1.train.seed == 1 and seed1.generation.seed == 1 and seed1.run.seeds == []
+    rows = {r["strategy"]: r for r in json.loads((root / "seeds/comparisons.json").read_text())}
+    per_seed = [json.loads((root / "seeds" / f"seed-{s}/metrics/unified_lora_summary.json")
+                           .read_text())["macro"]["emb_sim"] for s in (0, 1)]
+    # the reference's seed spread is the sd of its two seeds' means (all users in both)
+    assert abs(rows["base"]["reference_seed_spread"]
+               - abs(per_seed[0] - per_seed[1]) / 2 ** 0.5) < 1e-9
+    assert rows["base"]["seed_spread"] == 0.0  # the untrained base is the same in every seed
+    spread = json.loads((root / "seeds" / "seed_spread.json").read_text())
+    assert spread["seeds"] == [0, 1] and "unified_lora" in spread["spread"]
+    # a one-seed run beside it quotes that spread; a seeds run refuses a single-seed folder
+    single = pipeline.run_plan(tiny_cfg[0], root / "single", ["base", "unified_lora"])
+    assert "One seed: the seed spread is unknown" in single.read_text()
+    assert "The last measured spread (seeds, seeds 0, 1" in single.read_text()
+    with pytest.raises(PersonalError, match="holds a single-seed run"):
+        run_seeds(cfg, root / "single", plan, lambda c, p: pipeline.run_plan(c, p, plan))

@@ -40,19 +40,27 @@ def test_report_renders_table_and_embedded_plots(tmp_path):
         ablations={"lora rank": [(2, 0.80), (4, 0.82), (8, 0.83)]},
         noise_ceiling={"emb_sim": 0.91, "device_precision": 0.99, "param_f1": 0.97})
     md = md_path.read_text()
-    assert ("| strategy | emb sim | change vs unified_lora | users improved | device precision "
-            "| parameter F1 | worst user | p (Holm) | criteria |") in md
-    assert _cells(md, "unified_lora")[:3] == ["unified_lora", "0.7950", "(reference)"]
+    assert ("| strategy | emb sim | seed sd | change vs unified_lora | 95% CI of change "
+            "| beats unified_lora | users improved | device precision | parameter F1 "
+            "| worst user | worst change | p (Holm) | criteria |") in md
+    assert _cells(md, "unified_lora")[:4] == ["unified_lora", "0.7950", "\u2014", "(reference)"]
     row = _cells(md, "per_user_lora")
+    ours = comparisons["per_user_lora"]
     assert row[1] == f"{summary['per_user_lora']['emb_sim']:.4f}" == "0.8185"
-    assert row[2] == "+0.0235" and row[3] == "100.0%" and row[4] == "0.950"
-    assert row[5] == "0.850" and row[6] == "0.783" and row[8] == "PASS (4/4)"
-    assert row[7] == fmt_p(comparisons["per_user_lora"].p_holm)
+    assert row[2] == "\u2014"  # one seed: no spread
+    assert row[3] == "+0.0235" and row[6] == "100.0%" and row[7] == "0.950"
+    assert row[4] == f"[{ours.ci_low:+.4f}, {ours.ci_high:+.4f}]" and row[5] == "yes"
+    assert row[8] == "0.850" and row[9] == "0.783" and row[10] == "+0.020"
+    assert row[12] == "PASS (4/4)" and row[11] == fmt_p(ours.p_holm)
     base = _cells(md, "base")
-    assert base[2] == "-0.2000" and base[3] == "0.0%" and base[6] == "0.560"
-    assert base[8] == "FAIL (0/4: improved, mean, worst, p)"
-    assert _cells(md, "noise ceiling (alt text)")[1:6] == ["0.9100", "\u2014", "\u2014", "0.990",
-                                                           "0.970"]
+    assert base[3] == "-0.2000" and base[5] == "no" and base[6] == "0.0%" and base[9] == "0.560"
+    assert base[12] == "FAIL (0/4: improved, mean, worst, p)"
+    assert _cells(md, "noise ceiling (alt text)")[1:9] == ["0.9100"] + ["\u2014"] * 5 + [
+        "0.990", "0.970"]
+    # the summary at the top comes from the numbers
+    assert "1 of 2 strategies beat unified_lora: per_user_lora (+0.0235 emb_sim" in md
+    assert "Worse than unified_lora beyond noise: base (-0.2000" in md
+    assert "Passing all four criteria: per_user_lora." in md
     lines = md.splitlines()  # reference first, then the others in summary order
     order = [l.split("|")[1].strip() for l in lines if l.startswith("| ")][2:5]
     assert order == ["unified_lora", "per_user_lora", "base"]
@@ -70,7 +78,7 @@ def test_report_accepts_flat_comparison_records_and_no_extras(tmp_path):
     flat = {r["strategy"]: r for r in rows_as_records(comparisons)}
     md_path, html_path = write_report(summary, per_user, flat, tmp_path)
     md = md_path.read_text()
-    assert _cells(md, "per_user_lora")[8] == "PASS (4/4)"
+    assert _cells(md, "per_user_lora")[12] == "PASS (4/4)"
     assert "noise ceiling" not in md and "Ablations" not in html_path.read_text()
     assert html_path.read_text().count("data:image/png;base64,") == 2
 
@@ -79,10 +87,34 @@ def test_report_of_a_reference_only_run(tmp_path):
     per_user = {"unified_lora": _per_user(REF, 0.9, 0.8)}
     summary = {"unified_lora": macro_mean(per_user["unified_lora"])}
     md_path, html_path = write_report(summary, per_user, {}, tmp_path)
-    assert _cells(md_path.read_text(), "unified_lora")[6] == "0.760"
+    md = md_path.read_text()
+    assert _cells(md, "unified_lora")[9] == "0.760"
+    assert "Only the reference (unified_lora) was evaluated" in md
     assert "<img" not in html_path.read_text()
     with pytest.raises(ValueError, match="no strategies"):
         write_report({}, {}, {}, tmp_path)
+
+
+def test_the_summary_changes_when_the_numbers_change(tmp_path):
+    summary, per_user, _ = _run()
+    per_user["per_user_lora"] = _per_user([s - 0.001 + 0.002 * (i % 2) for i, s in enumerate(REF)],
+                                          0.95, 0.85)  # now within noise of the reference
+    summary = {name: macro_mean(users) for name, users in per_user.items()}
+    comparisons = compare(per_user, "unified_lora", n_boot=200)
+    md = write_report(summary, per_user, comparisons, tmp_path, seed_note="3 seeds (0, 1, 2).")[0]
+    text = md.read_text()
+    assert "No strategy beats unified_lora beyond noise: for none of 2" in text
+    assert "Passing all four criteria: none." in text and "3 seeds (0, 1, 2)." in text
+
+
+def test_the_legend_names_the_worst_user_criterion_applied(tmp_path):
+    summary, per_user, _ = _run()
+    rows = compare(per_user, "unified_lora", n_boot=100, worst_criterion="worst_delta")
+    md = write_report(summary, per_user, rows, tmp_path, worst_criterion="worst_delta")[0]
+    text = md.read_text()
+    assert "the worst-user criterion applied is `worst_delta`" in text
+    assert "**worst_delta**: no user's change below -0.02" in text
+    assert _cells(text, "base")[12] == "FAIL (0/4: improved, mean, worst_delta, p)"
 
 
 def test_cell_formatting():

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from personal.eval.statistics import (ComparisonRow, bootstrap_ci, compare, holm, paired_tests,
-                                      row_from_dict, rows_as_records)
+from personal.eval.statistics import (ComparisonRow, bootstrap_ci, compare, compare_seeds, holm,
+                                      paired_tests, row_from_dict, rows_as_records,
+                                      two_level_bootstrap_ci)
 
 A = [0.80, 0.75, 0.90, 0.70, 0.85, 0.82, 0.77, 0.91]
 B = [0.78, 0.70, 0.86, 0.72, 0.80, 0.79, 0.78, 0.84]
@@ -121,3 +122,102 @@ def test_bad_input_names_the_problem():
         compare({"unified": {"u": {"rouge_l": 0.5}}, "a": {"u": {"rouge_l": 0.5}}}, "unified")
     with pytest.raises(ValueError, match="test must be"):
         compare({"unified": {"u": 0.5}}, "unified", test="z")
+
+
+# --- seeds ------------------------------------------------------------------------------------
+
+def _seeded(n_seeds=3, n_users=40, true_delta=0.01, seed=0):
+    """{seed: {strategy: {user: score}}}: a per-user level, a per-seed shift of each strategy
+    and noise; the mine - ref delta has mean `true_delta` in the population."""
+    rng = np.random.default_rng(seed)
+    level = rng.normal(0.6, 0.05, n_users)
+    gain = rng.normal(true_delta, 0.02, n_users)  # users differ in how much they gain
+    out = {}
+    for s in range(n_seeds):
+        ref_shift, mine_shift = rng.normal(0, 0.005, 2)
+        out[s] = {"ref": {f"u{i}": level[i] + ref_shift + rng.normal(0, 0.01)
+                          for i in range(n_users)},
+                  "mine": {f"u{i}": level[i] + gain[i] + mine_shift + rng.normal(0, 0.01)
+                           for i in range(n_users)}}
+    return out
+
+
+def test_seed_averaged_paired_test_equals_scipy_on_hand_made_scores():
+    per_seed = {0: {"ref": {"a": 0.70, "b": 0.60, "c": 0.80, "d": 0.50},
+                    "mine": {"a": 0.72, "b": 0.61, "c": 0.83, "d": 0.49}},
+                1: {"ref": {"a": 0.68, "b": 0.62, "c": 0.78, "d": 0.54},
+                    "mine": {"a": 0.73, "b": 0.60, "c": 0.84, "d": 0.53}}}
+    row = compare_seeds(per_seed, "ref", n_boot=200)["mine"]
+    mine = [(0.72 + 0.73) / 2, (0.61 + 0.60) / 2, (0.83 + 0.84) / 2, (0.49 + 0.53) / 2]
+    ref = [(0.70 + 0.68) / 2, (0.60 + 0.62) / 2, (0.80 + 0.78) / 2, (0.50 + 0.54) / 2]
+    scipy_t = stats.ttest_rel(mine, ref)
+    assert math.isclose(row.t_statistic, scipy_t.statistic)
+    assert math.isclose(row.p_ttest, scipy_t.pvalue)
+    assert math.isclose(row.mean_delta, np.mean(np.subtract(mine, ref)))
+    # seed spread: sd (ddof 1) of the two seeds' means
+    means = [np.mean([0.72, 0.61, 0.83, 0.49]), np.mean([0.73, 0.60, 0.84, 0.53])]
+    assert math.isclose(row.seed_spread, abs(means[0] - means[1]) / math.sqrt(2))
+    ref_means = [np.mean([0.70, 0.60, 0.80, 0.50]), np.mean([0.68, 0.62, 0.78, 0.54])]
+    assert math.isclose(row.reference_seed_spread, abs(ref_means[0] - ref_means[1]) / math.sqrt(2))
+    assert row.seeds == 2
+
+
+def test_holm_over_seed_averaged_rows():
+    per_seed = _seeded()
+    for s in per_seed:
+        per_seed[s]["other"] = {u: v - 0.001 for u, v in per_seed[s]["ref"].items()}
+    rows = compare_seeds(per_seed, "ref", n_boot=200)
+    assert [r.p_holm for r in rows.values()] == holm([r.p_ttest for r in rows.values()])
+
+
+def test_two_level_bootstrap_is_seeded_and_covers_the_true_delta():
+    per_seed = _seeded(true_delta=0.01)
+    row = compare_seeds(per_seed, "ref", n_boot=1000, seed=0)["mine"]
+    assert row.ci_low < 0.01 < row.ci_high
+    assert row.beats  # 0.01 with these noise levels is resolved over 40 users x 3 seeds
+    again = compare_seeds(per_seed, "ref", n_boot=1000, seed=0)["mine"]
+    assert (again.ci_low, again.ci_high) == (row.ci_low, row.ci_high)
+    other = compare_seeds(per_seed, "ref", n_boot=1000, seed=1)["mine"]
+    assert (other.ci_low, other.ci_high) != (row.ci_low, row.ci_high)
+
+
+def test_two_level_bootstrap_is_wider_than_users_alone_when_seeds_differ():
+    # every user gains 0.01, but the strategy's whole seed moves by +-0.03: resampling
+    # users alone would call it certain; resampling seeds too must not
+    users = [f"u{i}" for i in range(30)]
+    per_seed = {s: {"ref": {u: 0.6 for u in users},
+                    "mine": {u: 0.61 + shift + 0.001 * (i % 3) for i, u in enumerate(users)}}
+                for s, shift in enumerate([-0.03, 0.0, 0.03])}
+    deltas = np.array([[per_seed[s]["mine"][u] - 0.6 for u in users] for s in per_seed])
+    lo2, hi2 = two_level_bootstrap_ci(deltas, 2000, 0)
+    lo1, hi1 = bootstrap_ci(deltas.mean(axis=0), 2000, 0)
+    assert hi2 - lo2 > 10 * (hi1 - lo1)
+    # one seed: the seed draw is always row 0, so the CI is the users' bootstrap of that row
+    lo, hi = two_level_bootstrap_ci(deltas[:1], 2000, 0)
+    assert lo < deltas[0].mean() < hi and hi - lo < 0.002
+
+
+def test_one_seed_has_no_spread_and_a_missing_strategy_is_named():
+    per_seed = _seeded(n_seeds=1)
+    row = compare_seeds(per_seed, "ref", n_boot=200)["mine"]
+    assert math.isnan(row.seed_spread) and row.seeds == 1
+    bad = _seeded(n_seeds=2)
+    del bad[1]["mine"]
+    with pytest.raises(ValueError, match="seed 1 has strategies"):
+        compare_seeds(bad, "ref")
+
+
+def test_relative_worst_user_criterion():
+    rows = compare(_crafted(), reference="unified", n_boot=100, worst_criterion="worst_delta",
+                   worst_delta_bound=-0.02)
+    assert set(rows["good"].criteria) == {"improved", "mean", "worst_delta", "p"}
+    assert rows["good"].criteria["worst_delta"] is True
+    # one_low's worst user drops by 0.18: fails the relative bound as well
+    assert rows["one_low"].criteria["worst_delta"] is False
+    # worse: deltas -0.02 ... -0.029, so below a -0.02 bound, above -0.03
+    assert rows["worse"].worst_delta_ok is False
+    loose = compare(_crafted(), reference="unified", n_boot=100, worst_delta_bound=-0.03)
+    assert loose["worse"].worst_delta_ok is True
+    assert loose["worse"].criteria["worst"] is True  # the absolute one still applied
+    with pytest.raises(ValueError, match="worst_criterion must be"):
+        compare(_crafted(), reference="unified", worst_criterion="floor")

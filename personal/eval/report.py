@@ -24,8 +24,9 @@ from typing import Any, Optional, Sequence
 
 from personal.eval.statistics import CRITERIA, ComparisonRow, row_from_dict
 
-TABLE_HEADER = ["strategy", "emb sim", "change vs {ref}", "users improved", "device precision",
-                "parameter F1", "worst user", "p (Holm)", "criteria"]
+TABLE_HEADER = ["strategy", "emb sim", "seed sd", "change vs {ref}", "95% CI of change",
+                "beats {ref}", "users improved", "device precision", "parameter F1",
+                "worst user", "worst change", "p (Holm)", "criteria"]
 DETAIL_HEADER = ["strategy", "users", "mean delta", "95% CI of delta", "worst delta (user)",
                  "t", "p (t-test)", "W", "p (Wilcoxon)"]
 
@@ -76,25 +77,34 @@ def _worst_user(per_user: dict[str, Any], strategy: str, metric: str) -> Optiona
 def study_table(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
                 rows: dict[str, ComparisonRow], reference: str, metric: str = "emb_sim",
                 noise_ceiling: Optional[dict[str, float]] = None) -> list[list[str]]:
-    """The study's table as rows of cells (header first)."""
+    """The study's table as rows of cells (header first). `seed sd` is the spread of the
+    strategy's mean across seeds (a dash with one seed); `beats` is yes only when the CI of
+    the change lies above zero."""
     table = [[h.format(ref=reference) for h in TABLE_HEADER]]
     order = [reference] + [s for s in summary if s != reference]
+    ref_spread = next((r.reference_seed_spread for r in rows.values()), None)
+    dash = "\u2014"
     for name in order:
         if name not in summary:
             continue
         scores, row = summary[name], rows.get(name)
         worst = row.worst_user_score if row else _worst_user(per_user, name, metric)
+        if row:
+            change = [fmt(row.seed_spread), fmt(row.mean_delta, signed=True),
+                      f"[{fmt(row.ci_low, signed=True)}, {fmt(row.ci_high, signed=True)}]",
+                      "yes" if row.beats else "no", f"{100 * row.share_improved:.1f}%"]
+        else:
+            change = [fmt(ref_spread), "(reference)", dash, dash, dash]
         table.append([
-            name, fmt(scores.get(metric)),
-            fmt(row.mean_delta, signed=True) if row else "(reference)",
-            f"{100 * row.share_improved:.1f}%" if row else "\u2014",
+            name, fmt(scores.get(metric))] + change + [
             fmt(scores.get("device_precision"), 3), fmt(scores.get("param_f1"), 3),
-            fmt(worst, 3), fmt_p(row.p_holm) if row else "\u2014",
-            fmt_criteria(row.criteria) if row else "\u2014"])
+            fmt(worst, 3), fmt(row.worst_delta, 3, signed=True) if row else dash,
+            fmt_p(row.p_holm) if row else dash,
+            fmt_criteria(row.criteria) if row else dash])
     if noise_ceiling:
-        table.append(["noise ceiling (alt text)", fmt(noise_ceiling.get(metric)), "\u2014",
-                      "\u2014", fmt(noise_ceiling.get("device_precision"), 3),
-                      fmt(noise_ceiling.get("param_f1"), 3), "\u2014", "\u2014", "\u2014"])
+        table.append(["noise ceiling (alt text)", fmt(noise_ceiling.get(metric))] + [dash] * 5
+                     + [fmt(noise_ceiling.get("device_precision"), 3),
+                        fmt(noise_ceiling.get("param_f1"), 3)] + [dash] * 4)
     return table
 
 
@@ -208,10 +218,54 @@ def ablation_curves(ablations: dict[str, Sequence[tuple[float, float]]], metric:
 
 # --- Writing --------------------------------------------------------------------------------
 
-def _legend(min_user_score: float, alpha: float) -> str:
+def _legend(min_user_score: float, alpha: float, worst_delta_bound: float = -0.02,
+            worst_criterion: str = "worst") -> str:
     text = {"improved": CRITERIA["improved"], "mean": CRITERIA["mean"],
-            "worst": f"no user below {min_user_score:.2f}", "p": f"Holm-corrected p < {alpha} with a positive mean delta"}
-    return "; ".join(f"**{k}**: {v}" for k, v in text.items())
+            "worst": f"no user below {min_user_score:.2f}",
+            "worst_delta": f"no user's change below {worst_delta_bound:+.2f}",
+            "p": f"Holm-corrected p < {alpha} with a positive mean delta"}
+    applied = {"worst": "worst_delta", "worst_delta": "worst"}[worst_criterion]
+    text.pop(applied)
+    other = ({"worst_delta": f"no user's change below {worst_delta_bound:+.2f}",
+              "worst": f"no user below {min_user_score:.2f}"}[applied])
+    return ("; ".join(f"**{k}**: {v}" for k, v in text.items())
+            + f" (the worst-user criterion applied is `{worst_criterion}`; the other form, "
+            f"{other}, is the `worst change` / `worst user` column). **beats**: the 95% CI of "
+            "the change (bootstrap over users, and over seeds when there are several) lies "
+            "above zero")
+
+
+def summary_sentences(rows: dict[str, ComparisonRow], reference: str, metric: str = "emb_sim",
+                      seed_note: str = "") -> list[str]:
+    """The plain-language summary at the top of a report, built from the comparison rows:
+    who beats the reference beyond noise (for how many users), who is worse beyond noise,
+    who passes every criterion, and what is known about seed noise."""
+    rows = _rows(rows)
+    if not rows:
+        return [f"Only the reference ({reference}) was evaluated: nothing to compare."]
+    better = sorted((r for r in rows.values() if r.beats), key=lambda r: -r.mean_delta)
+    worse = sorted((r for r in rows.values() if not math.isnan(r.ci_high) and r.ci_high < 0),
+                   key=lambda r: r.mean_delta)
+    noise = "seeds and users" if any(r.seeds > 1 for r in rows.values()) else "users"
+
+    def item(r: ComparisonRow) -> str:
+        return (f"{r.strategy} ({fmt(r.mean_delta, signed=True)} {metric}, CI "
+                f"[{fmt(r.ci_low, signed=True)}, {fmt(r.ci_high, signed=True)}], "
+                f"{100 * r.share_improved:.0f}% of {r.n_users} users improved)")
+
+    out = [(f"Beyond noise (the 95% CI of the change over {noise} above zero), "
+            f"{len(better)} of {len(rows)} strategies beat {reference}: "
+            + "; ".join(item(r) for r in better) + ".") if better else
+           (f"No strategy beats {reference} beyond noise: for none of {len(rows)} does the "
+            f"95% CI of the change over {noise} lie above zero.")]
+    if worse:
+        out.append(f"Worse than {reference} beyond noise: " + "; ".join(item(r) for r in worse)
+                   + ".")
+    passed = [r.strategy for r in rows.values() if r.passed]
+    out.append("Passing all four criteria: " + (", ".join(passed) if passed else "none") + ".")
+    if seed_note:
+        out.append(seed_note)
+    return out
 
 
 def _reference(rows: dict[str, ComparisonRow], summary: dict, reference: Optional[str]) -> str:
@@ -233,11 +287,16 @@ def write_report(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
                  noise_ceiling: Optional[dict[str, float]] = None,
                  reference: Optional[str] = None, metric: str = "emb_sim",
                  min_user_score: float = 0.70, alpha: float = 0.05,
-                 title: str = "Personalization results") -> tuple[Path, Path]:
+                 title: str = "Personalization results", worst_delta_bound: float = -0.02,
+                 worst_criterion: str = "worst", seed_note: str = "",
+                 extra_tables: Sequence[tuple[str, list[list[str]], str]] = ()
+                 ) -> tuple[Path, Path]:
     """Write `report.md` and `report.html` into `out_dir`; returns their paths.
 
     Shapes of the inputs: see the module docstring. `metric` is the metric of the study
     table's first column and of the plots (the one the comparisons were made on).
+    `seed_note` ends the summary at the top (what is known of seed noise); `extra_tables`
+    are (title, cells, caption) sections after the study table (cold-start users, cost).
     """
     rows = _rows(comparisons)
     ref = _reference(rows, summary, reference)
@@ -255,15 +314,19 @@ def write_report(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text(_markdown(title, table, details, _legend(min_user_score, alpha), plots),
-                       encoding="utf-8")
-    html_path.write_text(_html(title, table, details, _legend(min_user_score, alpha), plots),
-                         encoding="utf-8")
+    page = {"title": title, "summary": summary_sentences(rows, ref, metric, seed_note),
+            "table": table, "details": details, "extra": list(extra_tables), "plots": plots,
+            "legend": _legend(min_user_score, alpha, worst_delta_bound, worst_criterion)}
+    md_path.write_text(_markdown(**page), encoding="utf-8")
+    html_path.write_text(_html(**page), encoding="utf-8")
     return md_path, html_path
 
 
-def _markdown(title: str, table, details, legend: str, plots) -> str:
-    parts = [f"# {title}", "", markdown_table(table), "", f"Criteria: {legend}.", ""]
+def _markdown(title: str, summary, table, details, extra, legend: str, plots) -> str:
+    parts = [f"# {title}", "", " ".join(summary), "", markdown_table(table), "",
+             f"Criteria: {legend}.", ""]
+    for name, cells, caption in extra:
+        parts += [f"## {name}", "", markdown_table(cells), ""] + ([caption, ""] if caption else [])
     if len(details) > 1:
         parts += ["## Statistics against the reference", "", markdown_table(details), ""]
     if plots:
@@ -277,11 +340,15 @@ _CSS = ("body{font-family:sans-serif;margin:2em;max-width:75em}"
         "th:first-child,td:first-child{text-align:left}")
 
 
-def _html(title: str, table, details, legend: str, plots) -> str:
-    legend_html = html.escape(legend).replace("**", "")
+def _html(title: str, summary, table, details, extra, legend: str, plots) -> str:
+    legend_html = html.escape(legend).replace("**", "").replace("`", "")
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
              f"</title><style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+             f"<p class='summary'>{html.escape(' '.join(summary))}</p>",
              html_table(table), f"<p>Criteria: {legend_html}.</p>"]
+    for name, cells, caption in extra:
+        parts += [f"<h2>{html.escape(name)}</h2>", html_table(cells)]
+        parts += [f"<p>{html.escape(caption)}</p>"] if caption else []
     if len(details) > 1:
         parts += ["<h2>Statistics against the reference</h2>", html_table(details)]
     for name, png in plots:

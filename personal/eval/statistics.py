@@ -13,6 +13,16 @@ The study's four success criteria, each pass/fail:
   worst      no user of the strategy scores below `min_user_score` (0.70);
   p          the Holm-corrected p-value (two-sided) is below `alpha` (0.05) and the mean
              delta is positive: a significant *improvement*.
+Beside the absolute floor (set for a 0.82-level base, so it fails on any small base) the
+relative form `worst_delta` is computed too: the worst user's delta against the reference is
+not below `worst_delta_bound` (default -0.02). `worst_criterion` says which of the two counts
+in the verdict; the other is shown beside it.
+
+Seeds (`compare_seeds`): each strategy trained once per seed. The tests run on the users'
+seed-averaged scores; the seed spread is the standard deviation across seeds of the
+strategy's mean; the CI of the mean delta is a two-level bootstrap that resamples seeds and
+users, so it carries both sources of noise. A strategy *beats* the reference only if that CI
+lies above zero.
 """
 from __future__ import annotations
 
@@ -31,6 +41,9 @@ CRITERIA = {
     "worst": "no user below the minimum score",
     "p": "significant improvement: Holm-corrected p below alpha, mean delta > 0",
 }
+#: The relative form of the worst-user criterion (any base), shown beside `worst`.
+WORST_DELTA = "worst_delta"
+WORST_CRITERIA = ("worst", WORST_DELTA)
 SHARE_IMPROVED_NEEDED = 0.60
 
 
@@ -59,6 +72,17 @@ class ComparisonRow:
     test: str = "ttest"  # which test's p-value is Holm-corrected for the criterion
     p_holm: float = float("nan")
     criteria: dict[str, bool] = field(default_factory=dict)
+    seeds: int = 1  # seeds the scores were averaged over
+    seed_spread: float = float("nan")  # sd across seeds of the strategy's mean (NaN: 1 seed)
+    reference_seed_spread: float = float("nan")
+    worst_delta_ok: bool = False  # the relative worst-user criterion (see module docstring)
+    worst_criterion: str = "worst"  # which worst-user criterion counts in `criteria`
+
+    @property
+    def beats(self) -> bool:
+        """Beats the reference beyond noise: the CI of the mean delta lies above zero (with
+        seeds, the two-level bootstrap over seeds and users)."""
+        return not math.isnan(self.ci_low) and self.ci_low > 0
 
     @property
     def passed(self) -> bool:
@@ -70,6 +94,7 @@ class ComparisonRow:
         out = asdict(self)
         out.update({f"criterion_{k}": v for k, v in out.pop("criteria").items()})
         out["passed"] = self.passed
+        out["beats"] = self.beats
         return out
 
 
@@ -119,6 +144,26 @@ def bootstrap_ci(deltas: np.ndarray, n_boot: int = 2000, seed: int = 0,
     return float(low), float(high)
 
 
+def two_level_bootstrap_ci(deltas: np.ndarray, n_boot: int = 2000, seed: int = 0,
+                           alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of a (seeds x users) delta matrix, resampling
+    seeds and users independently with replacement (`seed` seeds the resampling): the
+    interval holds the user-to-user and the seed-to-seed variation. One seed row reduces to
+    `bootstrap_ci` over users."""
+    deltas = np.asarray(deltas, dtype=float)
+    if deltas.ndim != 2 or deltas.size == 0:
+        return math.nan, math.nan
+    n_seeds, n_users = deltas.shape
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for b in range(n_boot):
+        rows = rng.integers(0, n_seeds, size=n_seeds)
+        cols = rng.integers(0, n_users, size=n_users)
+        means[b] = deltas[np.ix_(rows, cols)].mean()
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
 def _scores(per_user: dict[str, Any], metric: str, strategy: str) -> dict[str, float]:
     """{user: score}: values are scores, or {metric: score} dicts (per_user_means output)."""
     out = {}
@@ -157,14 +202,21 @@ def _row(strategy: str, scores: dict[str, float], ref: dict[str, float], referen
 
 def compare(per_user_scores: dict[str, dict[str, Any]], reference: str,
             metric: str = "emb_sim", n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
-            min_user_score: float = 0.70, test: str = "ttest") -> dict[str, ComparisonRow]:
+            min_user_score: float = 0.70, test: str = "ttest",
+            worst_delta_bound: float = -0.02,
+            worst_criterion: str = "worst") -> dict[str, ComparisonRow]:
     """Compare every strategy with `reference` on `metric`, per user.
 
     `per_user_scores` is {strategy: {user: score}} or {strategy: {user: {metric: score}}}
     (the output of `personal.eval.metrics.per_user_means` per strategy). Returns
     {strategy: ComparisonRow} for every strategy but the reference, with Holm's correction
     over all of them applied to the p-values of `test` ("ttest" or "wilcoxon").
+    `worst_criterion` ("worst": no user below `min_user_score`; "worst_delta": no user's
+    delta below `worst_delta_bound`) is the worst-user criterion the verdict applies.
     """
+    if worst_criterion not in WORST_CRITERIA:
+        raise ValueError(f"compare: worst_criterion must be one of {WORST_CRITERIA}, got "
+                         f"{worst_criterion!r}")
     if reference not in per_user_scores:
         raise ValueError(f"compare: reference strategy {reference!r} not among "
                          f"{', '.join(per_user_scores) or 'no strategies'}")
@@ -177,17 +229,78 @@ def compare(per_user_scores: dict[str, dict[str, Any]], reference: str,
     adjusted = holm([getattr(r, f"p_{test}") for r in rows.values()])
     for row, p in zip(rows.values(), adjusted):
         row.test, row.p_holm = test, p
-        row.criteria = criteria(row, alpha, min_user_score)
+        row.worst_delta_ok = row.worst_delta >= worst_delta_bound
+        row.worst_criterion = worst_criterion
+        row.criteria = criteria(row, alpha, min_user_score, worst_criterion)
     return rows
 
 
-def criteria(row: ComparisonRow, alpha: float = 0.05,
-             min_user_score: float = 0.70) -> dict[str, bool]:
-    """The study's four success criteria for one comparison row (see CRITERIA)."""
+def seed_average(per_user_scores: dict[str, dict[str, Any]], metric: str = "emb_sim"
+                 ) -> dict[str, float]:
+    """{user: score} of one strategy averaged over seeds, from {seed: {user: score or
+    {metric: score}}}; only users scored (not NaN) in every seed are kept."""
+    per_seed = [_scores(users, metric, f"seed {s}") for s, users in per_user_scores.items()]
+    common = [u for u in per_seed[0] if all(u in d and not math.isnan(d[u]) for d in per_seed)]
+    return {u: float(np.mean([d[u] for d in per_seed])) for u in common}
+
+
+def seed_spread(macro_by_seed: Sequence[float]) -> float:
+    """Standard deviation (ddof 1) across seeds of a strategy's mean; NaN with one seed."""
+    values = [float(v) for v in macro_by_seed]
+    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def compare_seeds(per_seed: dict[Any, dict[str, dict[str, Any]]], reference: str,
+                  metric: str = "emb_sim", n_boot: int = 2000, seed: int = 0,
+                  alpha: float = 0.05, min_user_score: float = 0.70, test: str = "ttest",
+                  worst_delta_bound: float = -0.02,
+                  worst_criterion: str = "worst") -> dict[str, ComparisonRow]:
+    """`compare` over several seeds: {seed: {strategy: {user: score}}} in, one row per
+    strategy out. Per-user scores are averaged over the seeds (users scored in every seed);
+    the paired tests, Holm, deltas and criteria run on those averages; the CI is the
+    two-level bootstrap over (seeds x users) of the per-seed deltas; `seed_spread` is the sd
+    across seeds of the strategy's mean over the common users. A strategy missing from a
+    seed is an error (its seeds would not be paired with the reference's)."""
+    seeds = list(per_seed)
+    if not seeds:
+        raise ValueError("compare_seeds: no seeds")
+    names = list(per_seed[seeds[0]])
+    for s in seeds:
+        if set(per_seed[s]) != set(names):
+            raise ValueError(f"compare_seeds: seed {s} has strategies "
+                             f"{sorted(per_seed[s])}, seed {seeds[0]} has {sorted(names)}")
+    averaged = {n: seed_average({s: per_seed[s][n] for s in seeds}, metric) for n in names}
+    rows = compare(averaged, reference, metric, n_boot, seed, alpha, min_user_score, test,
+                   worst_delta_bound, worst_criterion)
+    ref_spread = _spread(per_seed, reference, averaged[reference], metric)
+    for name, row in rows.items():
+        users = [u for u in averaged[name] if u in averaged[reference]]
+        deltas = np.array([[_scores(per_seed[s][name], metric, name)[u]
+                            - _scores(per_seed[s][reference], metric, reference)[u]
+                            for u in users] for s in seeds])
+        row.ci_low, row.ci_high = two_level_bootstrap_ci(deltas, n_boot, seed, alpha)
+        row.seeds, row.reference_seed_spread = len(seeds), ref_spread
+        row.seed_spread = _spread(per_seed, name, averaged[name], metric)
+    return rows
+
+
+def _spread(per_seed: dict, name: str, users: dict[str, float], metric: str) -> float:
+    """Seed spread of `name`'s mean over `users` (the users every seed scored)."""
+    means = [np.mean([_scores(per_seed[s][name], metric, name)[u] for u in users])
+             for s in per_seed]
+    return seed_spread(means)
+
+
+def criteria(row: ComparisonRow, alpha: float = 0.05, min_user_score: float = 0.70,
+             worst_criterion: str = "worst") -> dict[str, bool]:
+    """The study's four success criteria for one comparison row (see CRITERIA); the
+    worst-user one is `worst` (absolute floor) or `worst_delta` (relative bound)."""
+    worst = (row.worst_user_score >= min_user_score if worst_criterion == "worst"
+             else row.worst_delta_ok)
     return {
         "improved": row.share_improved > SHARE_IMPROVED_NEEDED,
         "mean": row.mean > row.reference_mean,
-        "worst": row.worst_user_score >= min_user_score,
+        worst_criterion: worst,
         # a significant difference counts only in the direction of improvement
         "p": (not math.isnan(row.p_holm)) and row.p_holm < alpha and row.mean_delta > 0,
     }
@@ -202,6 +315,7 @@ def row_from_dict(values: dict[str, Any]) -> ComparisonRow:
     """Rebuild a ComparisonRow from `as_dict()` output (e.g. read back from JSON)."""
     values = dict(values)
     values.pop("passed", None)
+    values.pop("beats", None)
     crit = {k[len("criterion_"):]: bool(values.pop(k)) for k in list(values)
             if k.startswith("criterion_")}
     if isinstance(values.get("criteria"), dict):

@@ -1,15 +1,21 @@
 """Turn a run directory's metrics files into the study report (report.md + report.html)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
-from personal.config import load_config
+import numpy as np
+
+from personal.config import Config, load_config
 from personal.errors import PersonalError
 from personal.eval.report import write_report
-from personal.eval.statistics import compare, rows_as_records
+from personal.eval.statistics import compare, compare_seeds, rows_as_records
 from personal.experiment.progress import format_seconds
 from personal.experiment.runs import Run
+from personal.experiment.seeds import seed_runs
+
+SPREAD_FILE = "seed_spread.json"
 
 
 def collect_metrics(run: Run) -> tuple[dict, dict]:
@@ -26,23 +32,42 @@ def collect_metrics(run: Run) -> tuple[dict, dict]:
     return summary, per_user
 
 
+def _reference(cfg: Config, summary: dict) -> str:
+    return cfg.eval.reference if cfg.eval.reference in summary else next(iter(summary))
+
+
+def _compare_options(cfg: Config) -> dict:
+    e = cfg.eval
+    return {"metric": "emb_sim", "n_boot": e.bootstrap, "seed": cfg.train.seed,
+            "alpha": e.alpha, "min_user_score": e.min_user_score,
+            "worst_delta_bound": e.worst_delta_bound, "worst_criterion": e.worst_criterion}
+
+
+def _report_options(cfg: Config) -> dict:
+    e = cfg.eval
+    return {"min_user_score": e.min_user_score, "alpha": e.alpha,
+            "worst_delta_bound": e.worst_delta_bound, "worst_criterion": e.worst_criterion}
+
+
 def report_from_run(run_path: Path) -> Path:
     """Compare every strategy with the reference (eval.reference, else the first one),
-    write comparisons.json/csv and the report; returns the path of report.md."""
+    write comparisons.json/csv and the report; returns the path of report.md. A seeds run
+    (`seeds.json`) is compared over its seeds and users."""
     run = Run(run_path)
     cfg = load_config(run.path / "config.yaml")
+    subs = seed_runs(run.path)
+    if subs:
+        return _report_seeds(run, cfg, subs)
     summary, per_user = collect_metrics(run)
     if not summary:
         raise PersonalError(f"{run.path}: no evaluated strategy (run `personal eval` first)")
-    reference = cfg.eval.reference if cfg.eval.reference in summary else next(iter(summary))
-    rows = compare(per_user, reference, metric="emb_sim", n_boot=cfg.eval.bootstrap,
-                   seed=cfg.train.seed, alpha=cfg.eval.alpha,
-                   min_user_score=cfg.eval.min_user_score)
+    reference = _reference(cfg, summary)
+    rows = compare(per_user, reference, **_compare_options(cfg))
     run.write_json("comparisons.json", rows_as_records(rows))
     ceiling = run.read_json("metrics/noise_ceiling.json")
     md, _ = write_report(summary, per_user, rows, run.path, noise_ceiling=ceiling,
-                         reference=reference, min_user_score=cfg.eval.min_user_score,
-                         alpha=cfg.eval.alpha, title=f"Personalization results: {run.path.name}")
+                         reference=reference, title=f"Personalization results: {run.path.name}",
+                         seed_note=single_seed_note(run.path, reference), **_report_options(cfg))
     # a fleet also records each of its adapters (train/adapters/...): part of the fleet's time
     timings = {u: s for u, s in run.unit_seconds().items() if not u.startswith("train/adapters/")}
     if timings:
@@ -51,6 +76,74 @@ def report_from_run(run_path: Path) -> Path:
         lines += plan_time_lines(run.read_json("timings.json"))
         md.write_text(md.read_text(encoding="utf-8") + "\n".join(lines) + "\n", encoding="utf-8")
     return md
+
+
+def _report_seeds(run: Run, cfg: Config, subs: dict[int, Path]) -> Path:
+    """The report of a seeds run: strategies evaluated in every seed, compared over seeds
+    and users; writes comparisons.json and seed_spread.json beside it."""
+    per_seed, summaries = {}, {}
+    for seed, path in subs.items():
+        summary, per_user = collect_metrics(Run(path))
+        if not summary:
+            raise PersonalError(f"{path}: seed {seed} has no evaluated strategy yet "
+                                f"(rerun `personal run --seeds ...` into {run.path})")
+        per_seed[seed], summaries[seed] = per_user, summary
+    names = [n for n in summaries[next(iter(subs))] if all(n in s for s in summaries.values())]
+    missing = sorted({n for s in summaries.values() for n in s} - set(names))
+    if missing:
+        raise PersonalError(f"{run.path}: {', '.join(missing)} not evaluated in every seed "
+                            "(rerun the seeds run to finish them)")
+    per_seed = {s: {n: per_seed[s][n] for n in names} for s in per_seed}
+    summary = {n: _mean_dicts([summaries[s][n] for s in subs]) for n in names}
+    per_user = {n: _seed_mean_per_user([per_seed[s][n] for s in subs]) for n in names}
+    reference = _reference(cfg, summary)
+    rows = compare_seeds(per_seed, reference, **_compare_options(cfg))
+    run.write_json("comparisons.json", rows_as_records(rows))
+    spread = {n: r.seed_spread for n, r in rows.items()}
+    spread[reference] = next((r.reference_seed_spread for r in rows.values()), float("nan"))
+    run.write_json(SPREAD_FILE, {"seeds": sorted(subs), "metric": "emb_sim",
+                                 "spread": spread, "written": time.strftime("%Y-%m-%d %H:%M")})
+    ceiling = Run(next(iter(subs.values()))).read_json("metrics/noise_ceiling.json")
+    note = (f"{len(subs)} seeds ({', '.join(map(str, sorted(subs)))}): scores are means over "
+            f"seeds; the seed spread of {reference} is {spread[reference]:.4f} emb sim.")
+    md, _ = write_report(summary, per_user, rows, run.path, noise_ceiling=ceiling,
+                         reference=reference, seed_note=note,
+                         title=f"Personalization results: {run.path.name} ({len(subs)} seeds)",
+                         **_report_options(cfg))
+    return md
+
+
+def _mean_dicts(dicts: list[dict]) -> dict:
+    """Key-wise mean of {metric: value} dicts (keys all of them have)."""
+    keys = [k for k in dicts[0] if all(k in d for d in dicts)]
+    return {k: float(np.mean([d[k] for d in dicts])) for k in keys}
+
+
+def _seed_mean_per_user(per_seed: list[dict]) -> dict:
+    """{user: {metric: mean over seeds}} for the users every seed scored."""
+    users = [u for u in per_seed[0] if all(u in d for d in per_seed)]
+    return {u: _mean_dicts([d[u] for d in per_seed]) for u in users}
+
+
+def single_seed_note(run_path: Path, reference: str) -> str:
+    """What a one-seed report says about seed noise: unknown, and the last spread measured
+    by a seeds run in this run folder or beside it (the newest `seed_spread.json`)."""
+    found = [p for p in [run_path / SPREAD_FILE, *run_path.parent.glob(f"*/{SPREAD_FILE}")]
+             if p.is_file()]
+    text = ("One seed: the seed spread is unknown, so a change smaller than a few hundredths "
+            "may be seed noise (run `personal run --seeds 0,1,2` to measure it).")
+    if not found:
+        return text
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    record = Run(newest.parent).read_json(SPREAD_FILE)
+    spread = record.get("spread", {})
+    if reference in spread:
+        largest = max(spread, key=lambda n: spread[n])
+        text += (f" The last measured spread ({newest.parent.name}, seeds "
+                 f"{', '.join(map(str, record.get('seeds', [])))}, {record.get('written')}): "
+                 f"{reference} {spread[reference]:.4f}, largest {largest} "
+                 f"{spread[largest]:.4f} emb sim.")
+    return text
 
 
 def plan_time_lines(plan: Optional[dict]) -> list[str]:

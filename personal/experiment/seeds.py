@@ -1,0 +1,77 @@
+"""Seeds as an axis of the study: the plan once per training seed, one report over all.
+
+A seeds run is a folder holding the resolved config (with `run.seeds`), `seeds.json` (the
+seeds and their sub-runs) and one complete single-seed run per seed in `seed-<k>/`. Data,
+splits and the base model are the same in every seed: only what training draws at random
+changes (LoRA initialisation, dropout, data order, and each strategy's own `seed` such as
+k-means' or the routing classifier's). Units shared by strategies stay shared inside a
+seed, because each seed is an ordinary run. `personal.experiment.reporting` compares the
+strategies over seeds and users when it finds `seeds.json`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Callable
+
+from personal.config import Config, save_config, set_dotted
+from personal.errors import PersonalError
+from personal.experiment.runs import Run
+from personal.strategies.registry import get_strategy
+
+log = logging.getLogger("personal")
+
+SEEDS_FILE = "seeds.json"
+
+
+def seed_run_name(seed: int) -> str:
+    """Sub-run folder of one seed (seeds are checked integers >= 0 by `run.seeds`)."""
+    return f"seed-{int(seed)}"
+
+
+def seeded_config(cfg: Config, seed: int, strategies: list[str]) -> Config:
+    """`cfg` for one seed: train.seed, generation.seed and the `seed` option of every
+    strategy of the plan that has one set to `seed`; run.seeds emptied (a plain run)."""
+    out = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed),
+                              generation=dataclasses.replace(cfg.generation, seed=seed),
+                              run=dataclasses.replace(cfg.run, seeds=[]))
+    for name in strategies:
+        fields = {f.name for f in dataclasses.fields(get_strategy(name).config_cls)}
+        if "seed" in fields:
+            out = set_dotted(out, f"strategy.{name}.seed", seed)
+    return out
+
+
+def run_seeds(cfg: Config, run_path: str | Path, strategies: list[str],
+              execute: Callable[[Config, Path], Path]) -> Path:
+    """Run the plan once per seed of `cfg.run.seeds` with `execute(seed_cfg, sub_run)` (the
+    local or the Ray executor), then write the seeds run's report; returns its path."""
+    # the reporting layer reads the sub-runs; imported here to keep this module's users light
+    from personal.experiment.reporting import report_from_run
+
+    if len(cfg.run.seeds) < 1:
+        raise PersonalError("run.seeds is empty: nothing to repeat (a plain run needs none)")
+    root = Path(run_path)
+    if root.exists() and not root.is_dir():
+        raise PersonalError(f"--run {root} is a file, not a run folder")
+    if (root / "units").is_dir():
+        raise PersonalError(f"--run {root} holds a single-seed run; give the seeds run "
+                            "its own folder")
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, root / "config.yaml")
+    runs = {str(s): seed_run_name(s) for s in cfg.run.seeds}
+    Run(root).write_json(SEEDS_FILE, {"seeds": list(cfg.run.seeds), "runs": runs})
+    for seed in cfg.run.seeds:
+        log.info("seed %d of %s: %s", seed, cfg.run.seeds, root / runs[str(seed)])
+        execute(seeded_config(cfg, seed, strategies), root / runs[str(seed)])
+    return report_from_run(root)
+
+
+def seed_runs(run_path: str | Path) -> dict[int, Path]:
+    """{seed: sub-run folder} of a seeds run, or {} for a single-seed run."""
+    record = Run(Path(run_path)).read_json(SEEDS_FILE)
+    if not record:
+        return {}
+    # folder names are rebuilt from the integer seeds, never taken from the file
+    return {int(s): Path(run_path) / seed_run_name(int(s)) for s in record["seeds"]}
