@@ -21,7 +21,7 @@ from personal.config import load_config, set_dotted
 from personal.data.importer import write_import
 from personal.data.io import read_splits, write_dataset, write_splits
 from personal.data.safety import check_output_file, check_output_folder
-from personal.data.splits import make_splits
+from personal.data.splits import cold_start_count, make_splits
 from personal.data.stats import REPLY_SESSIONS, dataset_stats, format_stats
 from personal.data.synth import write_synth
 from personal.data.validate import load_dataset, validate_dataset
@@ -158,8 +158,9 @@ def data_import(
 @data_app.command("split", epilog="Example: personal data split data/eval --cold-start 10 --seed 0")
 def data_split(
     path: Path = typer.Argument(..., help="Folder in the canonical layout."),
-    cold_start: int = typer.Option(0, "--cold-start", help="Users held out of every training "
-                                   "split."),
+    cold_start: Optional[int] = typer.Option(None, "--cold-start", help="Users held out of "
+                                             "every training split (default: 10, at most a "
+                                             "fifth of the users, as data.cold_start)."),
     seed: int = typer.Option(0, help="Seed choosing the cold-start users."),
     train_frac: float = typer.Option(0.6, help="Fraction of each user's sessions for training."),
     val_frac: float = typer.Option(0.2, help="Fraction for validation; the rest is test."),
@@ -171,10 +172,11 @@ def data_split(
     if not 0 < train_frac <= 1 or not 0 <= val_frac < 1 or train_frac + val_frac > 1:
         raise PersonalError(f"--train-frac must be in (0, 1], --val-frac in [0, 1) and their sum "
                             f"at most 1, got {train_frac} and {val_frac}")
-    if cold_start < 0:
+    if cold_start is not None and cold_start < 0:
         raise PersonalError(f"--cold-start must be at least 0, got {cold_start}")
     target = check_output_file(out or Path(path) / "splits.json", force)
     ds = load_dataset(path)
+    cold_start = cold_start_count(cold_start, len(ds.personas))
     splits = make_splits(ds, train_frac=train_frac, val_frac=val_frac, cold_start=cold_start,
                          seed=seed)
     write_splits(splits, target)
@@ -223,7 +225,7 @@ def _load_with_splits(path: Path, splits: Optional[Path]):
     target = splits or Path(path) / "splits.json"
     if splits is not None or target.is_file():
         return ds, read_splits(target, ds)
-    return ds, make_splits(ds)
+    return ds, make_splits(ds, cold_start=cold_start_count(None, len(ds.personas)))
 
 
 # --- models, training, evaluation, runs ----------------------------------------------------

@@ -88,8 +88,10 @@ class DataConfig:
     """Fraction of each user's sessions (in order) used for training."""
     val_frac: float = 0.2
     """Fraction used for validation; the rest is test."""
-    cold_start: int = 0
-    """Users held out of every training split (cold-start users)."""
+    cold_start: Optional[int] = None
+    """Users held out of every training split (cold-start users), chosen by `seed`; they
+    are evaluated on their last sessions with each strategy's rule for a new user. None
+    (default): 10, or a fifth of the users when there are fewer than 50 (3 users: none)."""
     history_messages: int = 6
     """How many messages before the target turn the prompt carries (last N)."""
 

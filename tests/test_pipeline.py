@@ -105,3 +105,34 @@ def test_a_seeds_run_repeats_the_plan_per_seed_and_reports_over_seeds(tiny_cfg):
     assert "The last measured spread (seeds, seeds 0, 1" in single.read_text()
     with pytest.raises(PersonalError, match="holds a single-seed run"):
         run_seeds(cfg, root / "single", plan, lambda c, p: pipeline.run_plan(c, p, plan))
+
+
+def test_cold_start_users_train_nothing_are_scored_and_get_their_own_table(tiny_cfg):
+    from personal.config import set_dotted
+    from personal.errors import PersonalError
+
+    cfg, root = tiny_cfg
+    cfg = set_dotted(set_dotted(cfg, "data.path", str(root / "eval_cold")), "data.cold_start", 1)
+    cfg = set_dotted(cfg, "data.users", 4)
+    run = root / "cold"
+    text = pipeline.run_plan(cfg, run, ["base", "unified_lora"]).read_text()
+    splits = json.loads((root / "eval_cold" / "splits.json").read_text())
+    cold = [pid for pid, sp in splits.items() if sp.get("cold_start")]
+    assert len(cold) == 1 and splits[cold[0]]["train"] == []
+    # nothing the strategies train or early-stop on comes from the cold-start user
+    from personal.experiment.context import Context
+    ctx = Context.create(cfg, root / "cold_ctx")
+    assert cold[0] not in ctx.training_personas() and len(ctx.training_personas()) == 3
+    assert not [e for e in ctx.examples("train") if e.persona_id == cold[0]]
+    assert [e for e in ctx.examples("test") if e.persona_id == cold[0]]
+    preds = [json.loads(line) for line in (run / "predictions" / "unified_lora.jsonl").open()]
+    assert any(p["persona_id"] == cold[0] for p in preds)  # scored
+    summary = json.loads((run / "metrics" / "unified_lora_summary.json").read_text())
+    assert summary["cold_start_users"] == cold
+    assert "## Cold-start users" in text and "| unified_lora | the unified adapter" in text
+    assert "On the 1 cold-start users (no training data) the best is" in text
+    comparisons = json.loads((run / "comparisons.json").read_text())
+    assert comparisons[0]["n_users"] == 3  # the study's table compares the training users
+    # the splits file next to the data follows the config: another count is refused
+    with pytest.raises(PersonalError, match="holds 1 cold-start users, but data.cold_start"):
+        pipeline.run_plan(set_dotted(cfg, "data.cold_start", 2), run, ["base"])

@@ -101,7 +101,7 @@ def test_the_summary_changes_when_the_numbers_change(tmp_path):
                                           0.95, 0.85)  # now within noise of the reference
     summary = {name: macro_mean(users) for name, users in per_user.items()}
     comparisons = compare(per_user, "unified_lora", n_boot=200)
-    md = write_report(summary, per_user, comparisons, tmp_path, seed_note="3 seeds (0, 1, 2).")[0]
+    md = write_report(summary, per_user, comparisons, tmp_path, notes=["3 seeds (0, 1, 2)."])[0]
     text = md.read_text()
     assert "No strategy beats unified_lora beyond noise: for none of 2" in text
     assert "Passing all four criteria: none." in text and "3 seeds (0, 1, 2)." in text

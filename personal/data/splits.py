@@ -11,6 +11,7 @@ cumulative boundaries (rather than rounding each part alone) makes the three par
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -51,6 +52,19 @@ def _check_args(ds: Dataset, train_frac: float, val_frac: float, cold_start: int
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise PersonalError(f"duplicate persona ids: {', '.join(dup)}")
+
+
+#: The default number of cold-start users (`data.cold_start: null`), and the share of a small
+#: population it never exceeds.
+DEFAULT_COLD_START, COLD_START_SHARE = 10, 0.2
+
+
+def cold_start_count(requested: Optional[int], n_users: int) -> int:
+    """How many users a split holds out: `requested` as given, or by default 10, at most a
+    fifth of the users (a 20-user study holds out 4, a 3-user smoke test none)."""
+    if requested is not None:
+        return requested
+    return min(DEFAULT_COLD_START, int(n_users * COLD_START_SHARE))
 
 
 def choose_cold_start(persona_ids: list[str], n: int, seed: int = 0) -> set[str]:

@@ -108,6 +108,37 @@ def study_table(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
     return table
 
 
+COLD_HEADER = ["strategy", "rule for a new user", "users", "emb sim", "change vs {ref}",
+               "users improved", "device precision", "parameter F1"]
+
+
+def cold_start_table(per_user: dict[str, Any], reference: str, rules: dict[str, str],
+                     metric: str = "emb_sim") -> list[list[str]]:
+    """Scores on the cold-start users (no training data), with each strategy's documented
+    rule for them; a strategy without a rule says it cannot answer a new user."""
+    table = [[h.format(ref=reference) for h in COLD_HEADER]]
+    ref = _user_scores(per_user.get(reference, {}), metric)
+    for name, users in per_user.items():
+        scores = _user_scores(users, metric)
+        common = [u for u in scores if u in ref and not math.isnan(scores[u] - ref[u])]
+        deltas = [scores[u] - ref[u] for u in common]
+        macro = {m: _mean([v.get(m) for v in users.values() if isinstance(v, dict)])
+                 for m in ("device_precision", "param_f1")}
+        table.append([
+            name, rules.get(name) or "cannot answer a new user", str(len(scores)),
+            fmt(_mean(list(scores.values())), 4),
+            "(reference)" if name == reference else fmt(_mean(deltas), signed=True),
+            "\u2014" if name == reference or not deltas
+            else f"{100 * sum(d > 0 for d in deltas) / len(deltas):.1f}%",
+            fmt(macro["device_precision"], 3), fmt(macro["param_f1"], 3)])
+    return table
+
+
+def _mean(values: Sequence[Any]) -> float:
+    kept = [float(v) for v in values if not _missing(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
 def detail_table(rows: dict[str, ComparisonRow]) -> list[list[str]]:
     """Per-strategy statistics behind the study's table (header first)."""
     table = [list(DETAIL_HEADER)]
@@ -236,7 +267,7 @@ def _legend(min_user_score: float, alpha: float, worst_delta_bound: float = -0.0
 
 
 def summary_sentences(rows: dict[str, ComparisonRow], reference: str, metric: str = "emb_sim",
-                      seed_note: str = "") -> list[str]:
+                      notes: Sequence[str] = ()) -> list[str]:
     """The plain-language summary at the top of a report, built from the comparison rows:
     who beats the reference beyond noise (for how many users), who is worse beyond noise,
     who passes every criterion, and what is known about seed noise."""
@@ -263,9 +294,7 @@ def summary_sentences(rows: dict[str, ComparisonRow], reference: str, metric: st
                    + ".")
     passed = [r.strategy for r in rows.values() if r.passed]
     out.append("Passing all four criteria: " + (", ".join(passed) if passed else "none") + ".")
-    if seed_note:
-        out.append(seed_note)
-    return out
+    return out + [n for n in notes if n]
 
 
 def _reference(rows: dict[str, ComparisonRow], summary: dict, reference: Optional[str]) -> str:
@@ -288,14 +317,14 @@ def write_report(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
                  reference: Optional[str] = None, metric: str = "emb_sim",
                  min_user_score: float = 0.70, alpha: float = 0.05,
                  title: str = "Personalization results", worst_delta_bound: float = -0.02,
-                 worst_criterion: str = "worst", seed_note: str = "",
+                 worst_criterion: str = "worst", notes: Sequence[str] = (),
                  extra_tables: Sequence[tuple[str, list[list[str]], str]] = ()
                  ) -> tuple[Path, Path]:
     """Write `report.md` and `report.html` into `out_dir`; returns their paths.
 
     Shapes of the inputs: see the module docstring. `metric` is the metric of the study
     table's first column and of the plots (the one the comparisons were made on).
-    `seed_note` ends the summary at the top (what is known of seed noise); `extra_tables`
+    `notes` end the summary at the top (seed noise, cold-start users); `extra_tables`
     are (title, cells, caption) sections after the study table (cold-start users, cost).
     """
     rows = _rows(comparisons)
@@ -314,7 +343,7 @@ def write_report(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md_path, html_path = out / "report.md", out / "report.html"
-    page = {"title": title, "summary": summary_sentences(rows, ref, metric, seed_note),
+    page = {"title": title, "summary": summary_sentences(rows, ref, metric, notes),
             "table": table, "details": details, "extra": list(extra_tables), "plots": plots,
             "legend": _legend(min_user_score, alpha, worst_delta_bound, worst_criterion)}
     md_path.write_text(_markdown(**page), encoding="utf-8")

@@ -17,7 +17,7 @@ from personal.config import Config, DataConfig
 from personal.data.examples import build_examples
 from personal.data.io import read_splits, write_splits
 from personal.data.schema import Dataset, Example, Splits
-from personal.data.splits import make_splits
+from personal.data.splits import cold_start_count, make_splits
 from personal.data.synth import write_synth
 from personal.data.validate import load_dataset
 from personal.errors import PersonalError
@@ -59,12 +59,22 @@ def ensure_population(path: str | Path, cfg: Config, population: str) -> Path:
 def load_splits(cfg: Config, ds: Dataset, data_path: Path) -> tuple[Splits, Path]:
     """The configured splits file, else `<data>/splits.json` (made from the config if missing)."""
     target = Path(cfg.data.splits) if cfg.data.splits else data_path / "splits.json"
+    cold = cold_start_count(cfg.data.cold_start, len(ds.personas))
     if target.is_file():
-        return read_splits(target, ds), target
+        splits = read_splits(target, ds)
+        held = sum(sp.cold_start for sp in splits.values())
+        # a splits file made next to the data follows the config; a named one is taken as is
+        if not cfg.data.splits and held != cold:
+            raise PersonalError(
+                f"{target}: holds {held} cold-start users, but data.cold_start asks for "
+                f"{cold}{' (the default)' if cfg.data.cold_start is None else ''}; delete the "
+                f"file to remake the splits, set data.cold_start={held}, or name it with "
+                f"data.splits={target} to use it as it is")
+        return splits, target
     if cfg.data.splits:
         raise PersonalError(f"{target}: splits file not found")
     splits = make_splits(ds, train_frac=cfg.data.train_frac, val_frac=cfg.data.val_frac,
-                         cold_start=cfg.data.cold_start, seed=cfg.data.seed)
+                         cold_start=cold, seed=cfg.data.seed)
     write_splits(splits, target)
     log.info("wrote %s", target)
     return splits, target

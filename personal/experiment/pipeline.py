@@ -120,8 +120,10 @@ def write_evaluation(ctx: Context, name: str, examples, predictions, gen_seconds
     per_user = per_user_means(records)
     write_per_user_csv(ctx.run.path / "metrics" / f"{name}_per_user.csv", per_user)
     ctx.run.write_json(f"metrics/{name}_per_user.json", per_user)
+    cold = sorted(u for u in per_user if u in ctx.splits and ctx.splits[u].cold_start)
     summary = {"strategy": name, "users": len(per_user), "examples": len(records),
-               "generation_seconds": gen_seconds, "macro": macro_mean(per_user)}
+               "generation_seconds": gen_seconds, "macro": macro_mean(per_user),
+               "cold_start_users": cold}
     ctx.run.write_json(f"metrics/{name}_summary.json", summary)
     log.info("%s: %s", name, {k: round(v, 4) for k, v in summary["macro"].items()
                               if k in ("emb_sim", "device_precision", "param_f1")})

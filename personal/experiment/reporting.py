@@ -9,7 +9,8 @@ import numpy as np
 
 from personal.config import Config, load_config
 from personal.errors import PersonalError
-from personal.eval.report import write_report
+from personal.eval.metrics import macro_mean
+from personal.eval.report import cold_start_table, write_report
 from personal.eval.statistics import compare, compare_seeds, rows_as_records
 from personal.experiment.progress import format_seconds
 from personal.experiment.runs import Run
@@ -30,6 +31,46 @@ def collect_metrics(run: Run) -> tuple[dict, dict]:
         summary[name] = run.read_json(f"metrics/{name}_summary.json")["macro"]
         per_user[name] = run.read_json(f"metrics/{name}_per_user.json")
     return summary, per_user
+
+
+def cold_start_users(run: Run) -> set[str]:
+    """Users the run held out of training (recorded by each strategy's evaluation)."""
+    found = set()
+    for path in (run.path / "metrics").glob("*_summary.json"):
+        found |= set((run.read_json(f"metrics/{path.name}") or {}).get("cold_start_users", []))
+    return found
+
+
+def split_cold(per_user: dict, cold: set[str]) -> tuple[dict, dict, dict]:
+    """(macro means over training users, their per-user scores, cold-start users' scores),
+    each {strategy: ...}: the study's table compares training users; cold-start users, who
+    take each strategy's rule for a new user, get their own table."""
+    warm = {n: {u: v for u, v in users.items() if u not in cold} for n, users in per_user.items()}
+    coldp = {n: {u: v for u, v in users.items() if u in cold} for n, users in per_user.items()}
+    return {n: macro_mean(users) for n, users in warm.items()}, warm, coldp
+
+
+def _cold_section(cold_per_user: dict, reference: str) -> tuple[list, list[str]]:
+    """The cold-start table (as an extra section) and its summary sentence."""
+    from personal.strategies.registry import STRATEGIES, load_strategies  # rules, by name
+
+    if not any(cold_per_user.values()):
+        return [], ["No cold-start users in this run (data.cold_start=0)."]
+    load_strategies()
+    rules = {n: STRATEGIES[n].cold_start for n in cold_per_user if n in STRATEGIES}
+    table = cold_start_table(cold_per_user, reference, rules)
+    means = {name: float(np.nanmean([v["emb_sim"] for v in users.values()]))
+             for name, users in cold_per_user.items() if users}
+    best = max(means, key=means.get)
+    n = len(cold_per_user[best])
+    caption = ("Users held out of every training split, scored on their test sessions; each "
+               "strategy answers them by its documented rule.")
+    sentence = (f"On the {n} cold-start users (no training data) the best is {best} "
+                f"({means[best]:.4f} emb sim")
+    if reference in means and best != reference:
+        sentence += f", {means[best] - means[reference]:+.4f} against {reference}"
+    sentence += ")."
+    return [("Cold-start users", table, caption)], [sentence]
 
 
 def _reference(cfg: Config, summary: dict) -> str:
@@ -62,12 +103,15 @@ def report_from_run(run_path: Path) -> Path:
     if not summary:
         raise PersonalError(f"{run.path}: no evaluated strategy (run `personal eval` first)")
     reference = _reference(cfg, summary)
+    summary, per_user, cold = split_cold(per_user, cold_start_users(run))
     rows = compare(per_user, reference, **_compare_options(cfg))
     run.write_json("comparisons.json", rows_as_records(rows))
     ceiling = run.read_json("metrics/noise_ceiling.json")
+    extra, cold_note = _cold_section(cold, reference)
     md, _ = write_report(summary, per_user, rows, run.path, noise_ceiling=ceiling,
                          reference=reference, title=f"Personalization results: {run.path.name}",
-                         seed_note=single_seed_note(run.path, reference), **_report_options(cfg))
+                         notes=cold_note + [single_seed_note(run.path, reference)],
+                         extra_tables=extra, **_report_options(cfg))
     # a fleet also records each of its adapters (train/adapters/...): part of the fleet's time
     timings = {u: s for u, s in run.unit_seconds().items() if not u.startswith("train/adapters/")}
     if timings:
@@ -81,12 +125,13 @@ def report_from_run(run_path: Path) -> Path:
 def _report_seeds(run: Run, cfg: Config, subs: dict[int, Path]) -> Path:
     """The report of a seeds run: strategies evaluated in every seed, compared over seeds
     and users; writes comparisons.json and seed_spread.json beside it."""
-    per_seed, summaries = {}, {}
+    per_seed, summaries, colds = {}, {}, {}
     for seed, path in subs.items():
         summary, per_user = collect_metrics(Run(path))
         if not summary:
             raise PersonalError(f"{path}: seed {seed} has no evaluated strategy yet "
                                 f"(rerun `personal run --seeds ...` into {run.path})")
+        summary, per_user, colds[seed] = split_cold(per_user, cold_start_users(Run(path)))
         per_seed[seed], summaries[seed] = per_user, summary
     names = [n for n in summaries[next(iter(subs))] if all(n in s for s in summaries.values())]
     missing = sorted({n for s in summaries.values() for n in s} - set(names))
@@ -96,6 +141,7 @@ def _report_seeds(run: Run, cfg: Config, subs: dict[int, Path]) -> Path:
     per_seed = {s: {n: per_seed[s][n] for n in names} for s in per_seed}
     summary = {n: _mean_dicts([summaries[s][n] for s in subs]) for n in names}
     per_user = {n: _seed_mean_per_user([per_seed[s][n] for s in subs]) for n in names}
+    cold = {n: _seed_mean_per_user([colds[s][n] for s in subs]) for n in names}
     reference = _reference(cfg, summary)
     rows = compare_seeds(per_seed, reference, **_compare_options(cfg))
     run.write_json("comparisons.json", rows_as_records(rows))
@@ -106,8 +152,9 @@ def _report_seeds(run: Run, cfg: Config, subs: dict[int, Path]) -> Path:
     ceiling = Run(next(iter(subs.values()))).read_json("metrics/noise_ceiling.json")
     note = (f"{len(subs)} seeds ({', '.join(map(str, sorted(subs)))}): scores are means over "
             f"seeds; the seed spread of {reference} is {spread[reference]:.4f} emb sim.")
+    extra, cold_note = _cold_section(cold, reference)
     md, _ = write_report(summary, per_user, rows, run.path, noise_ceiling=ceiling,
-                         reference=reference, seed_note=note,
+                         reference=reference, notes=cold_note + [note], extra_tables=extra,
                          title=f"Personalization results: {run.path.name} ({len(subs)} seeds)",
                          **_report_options(cfg))
     return md

@@ -66,4 +66,5 @@ def routes(ctx, scfg: PrefixConfig) -> RouteTable:
 
 register_strategy("prefix_per_user", config=PrefixConfig, stages=stages, predictor=predictor,
                   serving=servable(routes), plans=("phase1",), position=40,
-                  expected_seconds={"train/prefix_per_user": 320.0})
+                  expected_seconds={"train/prefix_per_user": 320.0},
+                  cold_start="the base model without a prefix")

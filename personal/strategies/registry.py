@@ -104,6 +104,9 @@ class StrategySpec:
     by the Ray executor only (so this layer never imports Ray)."""
     module: str = ""
     description: str = ""
+    cold_start: str = ""
+    """Its rule for a user with no training data (what the report's cold-start table shows);
+    empty: the strategy cannot answer a new user."""
 
 
 STRATEGIES: dict[str, StrategySpec] = {}
@@ -113,7 +116,7 @@ def register_strategy(name: str, *, config: type, stages: Callable, predictor: C
                       serving: Serving, plans: tuple[str, ...] = (), position: int = 1000,
                       expected_seconds: Optional[dict[str, float]] = None,
                       ray_forms: Optional[dict[str, str]] = None,
-                      description: str = "") -> StrategySpec:
+                      description: str = "", cold_start: str = "") -> StrategySpec:
     """Register a strategy (call it at the end of the strategy's module). Refuses a name
     registered twice and a missing or malformed piece, naming the strategy."""
     where = f"strategy {name!r}"
@@ -136,9 +139,12 @@ def register_strategy(name: str, *, config: type, stages: Callable, predictor: C
     _check_ray_forms(where, ray_forms or {})
     module = getattr(stages, "__module__", "") or ""
     doc = (importlib.import_module(module).__doc__ or "") if module else ""
+    if not isinstance(cold_start, str):
+        raise PersonalError(f"{where}: cold_start must be the rule for a new user, as text "
+                            f"(empty: it cannot answer one), got {cold_start!r}")
     spec = StrategySpec(name, config, stages, predictor, serving, tuple(plans), position,
                         dict(expected_seconds or {}), dict(ray_forms or {}), module,
-                        description or doc.strip().split("\n")[0])
+                        description or doc.strip().split("\n")[0], cold_start)
     STRATEGIES[name] = spec
     return spec
 

@@ -307,10 +307,14 @@ NO_INDEX = ("the Serve app does not hold the run's retrieval index yet, which bu
 
 register_strategy("retrieval", config=RetrievalConfig, stages=stages, predictor=predictor,
                   serving=not_servable(NO_INDEX), plans=("phase1",), position=60,
-                  expected_seconds={"eval/retrieval": 265.0, "retrieval/index": 430.0})
+                  expected_seconds={"eval/retrieval": 265.0, "retrieval/index": 430.0},
+                  cold_start="retrieval over the sessions the user has (their validation "
+                             "sessions)")
 register_strategy("retrieval_trained", config=RetrievalTrainedConfig, stages=trained_stages,
                   predictor=predictor, serving=not_servable(NO_INDEX), plans=("phase1",),
                   position=70,
                   expected_seconds={"train/retrieval_trained": 290.0,
                                     "eval/retrieval_trained": 150.0,
-                                    "retrieval_trained/index": 1.0})
+                                    "retrieval_trained/index": 1.0},
+                  cold_start="retrieval over the sessions the user has, on the adapter "
+                             "trained with retrieved context")

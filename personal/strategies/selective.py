@@ -353,4 +353,6 @@ def routes(ctx, scfg: SelectiveConfig) -> RouteTable:
 
 register_strategy("selective", config=SelectiveConfig, stages=stages, predictor=predictor,
                   serving=servable(routes), plans=("phase1",), position=80,
-                  expected_seconds={"selective/": 75.0, "eval/selective": 5.0})
+                  expected_seconds={"selective/": 75.0, "eval/selective": 5.0},
+                  cold_start="the meta-classifier's choice from the features of the "
+                             "sessions the user has")

@@ -65,4 +65,5 @@ register_strategy(
     plans=("phase1", "baseline"), position=10,
     expected_seconds={UNIT: 255.0, "eval/unified_lora": 165.0},
     # Data-parallel Ray Train (DeepSpeed ZeRO when `ray.deepspeed` names a config).
-    ray_forms={UNIT: "personal.distributed.unified:ray_form"})
+    ray_forms={UNIT: "personal.distributed.unified:ray_form"},
+    cold_start="the unified adapter (it keeps no user state)")
