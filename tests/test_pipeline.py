@@ -136,3 +136,30 @@ def test_cold_start_users_train_nothing_are_scored_and_get_their_own_table(tiny_
     # the splits file next to the data follows the config: another count is refused
     with pytest.raises(PersonalError, match="holds 1 cold-start users, but data.cold_start"):
         pipeline.run_plan(set_dotted(cfg, "data.cold_start", 2), run, ["base"])
+
+
+def test_cost_figures_are_positive_and_add_up(tiny_cfg):
+    from safetensors.torch import load_file
+
+    from personal.experiment.cost import safetensors_parameters
+
+    cfg, root = tiny_cfg
+    run = root / "run"
+    pipeline.run_plan(cfg, run, ["base", "unified_lora"])  # resumes the first test's run
+    cost = json.loads((run / "metrics" / "unified_lora_cost.json").read_text())
+    adapter = run / "adapters" / "unified_lora"
+    files = [f for f in adapter.rglob("*") if f.is_file()]
+    assert cost["stored_bytes"] == sum(f.stat().st_size for f in files) > 0
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    assert cost["parameters"] == sum(t.numel() for t in tensors.values()) > 0
+    assert safetensors_parameters(adapter / "adapter_model.safetensors") == cost["parameters"]
+    assert cost["parameters_per_user"] == cost["parameters"] / 3  # 3 training users
+    unit = json.loads((run / "units" / "train__unified_lora.json").read_text())
+    assert cost["train_lane_seconds"] == unit["seconds"] > 0
+    summary = json.loads((run / "metrics" / "unified_lora_summary.json").read_text())
+    assert cost["generation_seconds_per_1000"] == pytest.approx(
+        1000 * summary["generation_seconds"] / summary["examples"])
+    base = json.loads((run / "metrics" / "base_cost.json").read_text())
+    assert base["parameters"] == 0 and base["stored_bytes"] == 0
+    text = (run / "report.md").read_text()
+    assert "## Cost" in text and "| unified_lora | " in text.split("## Cost")[1]

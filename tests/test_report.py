@@ -105,6 +105,12 @@ def test_the_summary_changes_when_the_numbers_change(tmp_path):
     text = md.read_text()
     assert "No strategy beats unified_lora beyond noise: for none of 2" in text
     assert "Passing all four criteria: none." in text and "3 seeds (0, 1, 2)." in text
+    # with costs, a strategy that beats the reference is priced
+    comparisons = compare(_run()[1], "unified_lora", n_boot=200)
+    costs = {"unified_lora": {"parameters_per_user": 100.0, "train_lane_seconds": 50.0},
+             "per_user_lora": {"parameters_per_user": 2048.0, "train_lane_seconds": 150.0}}
+    md = write_report(summary, _run()[1], comparisons, tmp_path, costs=costs)[0]
+    assert "2,048 parameters per user, 3.0x unified_lora's training time)" in md.read_text()
 
 
 def test_the_legend_names_the_worst_user_criterion_applied(tmp_path):

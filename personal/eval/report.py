@@ -134,6 +134,23 @@ def cold_start_table(per_user: dict[str, Any], reference: str, rules: dict[str, 
     return table
 
 
+COST_HEADER = ["strategy", "parameters per user", "stored KB per user", "training lane-s",
+               "generation s per 1,000 turns", "served p50 ms"]
+
+
+def cost_table(costs: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The measured cost of each strategy (records of `personal.experiment.cost`)."""
+    table = [list(COST_HEADER)]
+    for name, c in costs.items():
+        p50 = c.get("served_p50_ms")
+        table.append([name, f"{c['parameters_per_user']:,.0f}",
+                      f"{c['stored_bytes_per_user'] / 1024:,.1f}",
+                      f"{c['train_lane_seconds']:,.0f}",
+                      f"{c['generation_seconds_per_1000']:,.1f}",
+                      "\u2014" if _missing(p50) else f"{p50:.0f}"])
+    return table
+
+
 def _mean(values: Sequence[Any]) -> float:
     kept = [float(v) for v in values if not _missing(v)]
     return sum(kept) / len(kept) if kept else math.nan
@@ -267,7 +284,8 @@ def _legend(min_user_score: float, alpha: float, worst_delta_bound: float = -0.0
 
 
 def summary_sentences(rows: dict[str, ComparisonRow], reference: str, metric: str = "emb_sim",
-                      notes: Sequence[str] = ()) -> list[str]:
+                      notes: Sequence[str] = (),
+                      costs: Optional[dict[str, dict[str, Any]]] = None) -> list[str]:
     """The plain-language summary at the top of a report, built from the comparison rows:
     who beats the reference beyond noise (for how many users), who is worse beyond noise,
     who passes every criterion, and what is known about seed noise."""
@@ -279,10 +297,23 @@ def summary_sentences(rows: dict[str, ComparisonRow], reference: str, metric: st
                    key=lambda r: r.mean_delta)
     noise = "seeds and users" if any(r.seeds > 1 for r in rows.values()) else "users"
 
+    costs = costs or {}
+
+    def price(name: str) -> str:
+        mine, ref = costs.get(name), costs.get(reference)
+        if not mine:
+            return ""
+        text = f", {mine['parameters_per_user']:,.0f} parameters per user"
+        if ref and ref.get("train_lane_seconds"):
+            text += (f", {mine['train_lane_seconds'] / ref['train_lane_seconds']:.1f}x "
+                     f"{reference}'s training time")
+        return text
+
     def item(r: ComparisonRow) -> str:
         return (f"{r.strategy} ({fmt(r.mean_delta, signed=True)} {metric}, CI "
                 f"[{fmt(r.ci_low, signed=True)}, {fmt(r.ci_high, signed=True)}], "
-                f"{100 * r.share_improved:.0f}% of {r.n_users} users improved)")
+                f"{100 * r.share_improved:.0f}% of {r.n_users} users improved"
+                f"{price(r.strategy)})")
 
     out = [(f"Beyond noise (the 95% CI of the change over {noise} above zero), "
             f"{len(better)} of {len(rows)} strategies beat {reference}: "
@@ -318,14 +349,15 @@ def write_report(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
                  min_user_score: float = 0.70, alpha: float = 0.05,
                  title: str = "Personalization results", worst_delta_bound: float = -0.02,
                  worst_criterion: str = "worst", notes: Sequence[str] = (),
-                 extra_tables: Sequence[tuple[str, list[list[str]], str]] = ()
-                 ) -> tuple[Path, Path]:
+                 extra_tables: Sequence[tuple[str, list[list[str]], str]] = (),
+                 costs: Optional[dict[str, dict[str, Any]]] = None) -> tuple[Path, Path]:
     """Write `report.md` and `report.html` into `out_dir`; returns their paths.
 
     Shapes of the inputs: see the module docstring. `metric` is the metric of the study
     table's first column and of the plots (the one the comparisons were made on).
     `notes` end the summary at the top (seed noise, cold-start users); `extra_tables`
-    are (title, cells, caption) sections after the study table (cold-start users, cost).
+    are (title, cells, caption) sections after the study table (cold-start users, cost);
+    `costs` ({strategy: cost record}) price the summary's strategies that beat the reference.
     """
     rows = _rows(comparisons)
     ref = _reference(rows, summary, reference)
@@ -343,7 +375,7 @@ def write_report(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md_path, html_path = out / "report.md", out / "report.html"
-    page = {"title": title, "summary": summary_sentences(rows, ref, metric, notes),
+    page = {"title": title, "summary": summary_sentences(rows, ref, metric, notes, costs),
             "table": table, "details": details, "extra": list(extra_tables), "plots": plots,
             "legend": _legend(min_user_score, alpha, worst_delta_bound, worst_criterion)}
     md_path.write_text(_markdown(**page), encoding="utf-8")

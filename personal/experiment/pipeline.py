@@ -14,6 +14,7 @@ from pathlib import Path
 from personal.config import Config
 from personal.eval.metrics import macro_mean, noise_ceiling, per_user_means, score_examples
 from personal.experiment.context import Context
+from personal.experiment.cost import strategy_cost
 from personal.experiment.progress import attach, format_seconds
 from personal.experiment.reporting import report_from_run
 from personal.experiment.runs import Run, stable_hash
@@ -60,7 +61,7 @@ def evaluate_strategy(ctx: Context, name: str, trained: str) -> dict:
     split = ctx.cfg.eval.split
     inputs = eval_inputs(ctx, trained)
     outputs = [f"predictions/{name}.jsonl", f"metrics/{name}_per_user.csv",
-               f"metrics/{name}_summary.json"]
+               f"metrics/{name}_summary.json", f"metrics/{name}_cost.json"]
 
     def work() -> dict:
         spec = get_strategy(name)
@@ -69,7 +70,10 @@ def evaluate_strategy(ctx: Context, name: str, trained: str) -> dict:
         t0 = time.perf_counter()
         predictions = predict(examples)
         gen_seconds = time.perf_counter() - t0
-        return write_evaluation(ctx, name, examples, predictions, gen_seconds)
+        summary = write_evaluation(ctx, name, examples, predictions, gen_seconds)
+        ctx.run.write_json(f"metrics/{name}_cost.json",
+                           strategy_cost(ctx, name, len(examples), gen_seconds))
+        return summary
 
     return ctx.run.run_unit(f"eval/{name}", inputs, work, outputs)
 

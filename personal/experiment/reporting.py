@@ -10,8 +10,9 @@ import numpy as np
 from personal.config import Config, load_config
 from personal.errors import PersonalError
 from personal.eval.metrics import macro_mean
-from personal.eval.report import cold_start_table, write_report
+from personal.eval.report import cold_start_table, cost_table, write_report
 from personal.eval.statistics import compare, compare_seeds, rows_as_records
+from personal.experiment.cost import served_p50_ms
 from personal.experiment.progress import format_seconds
 from personal.experiment.runs import Run
 from personal.experiment.seeds import seed_runs
@@ -73,6 +74,27 @@ def _cold_section(cold_per_user: dict, reference: str) -> tuple[list, list[str]]
     return [("Cold-start users", table, caption)], [sentence]
 
 
+def collect_costs(run: Run, names: list[str]) -> dict[str, dict]:
+    """{strategy: cost record} of the strategies whose evaluation measured one, with the
+    served p50 latency added where the strategy was served in this run."""
+    out = {}
+    for name in names:
+        record = run.read_json(f"metrics/{name}_cost.json")
+        if record:
+            out[name] = {**record, "served_p50_ms": served_p50_ms(run.path, name)}
+    return out
+
+
+COST_CAPTION = ("Measured in this run. Parameters and stored bytes are what the strategy's "
+                "units wrote (adapters; stored bytes also count indexes and decisions), shared "
+                "ones included, divided by its training users; training lane-seconds add up "
+                "its units' wall time, each on one lane.")
+
+
+def _cost_section(costs: dict[str, dict]) -> list:
+    return [("Cost", cost_table(costs), COST_CAPTION)] if costs else []
+
+
 def _reference(cfg: Config, summary: dict) -> str:
     return cfg.eval.reference if cfg.eval.reference in summary else next(iter(summary))
 
@@ -108,7 +130,9 @@ def report_from_run(run_path: Path) -> Path:
     run.write_json("comparisons.json", rows_as_records(rows))
     ceiling = run.read_json("metrics/noise_ceiling.json")
     extra, cold_note = _cold_section(cold, reference)
-    md, _ = write_report(summary, per_user, rows, run.path, noise_ceiling=ceiling,
+    costs = collect_costs(run, list(summary))
+    extra += _cost_section(costs)
+    md, _ = write_report(summary, per_user, rows, run.path, noise_ceiling=ceiling, costs=costs,
                          reference=reference, title=f"Personalization results: {run.path.name}",
                          notes=cold_note + [single_seed_note(run.path, reference)],
                          extra_tables=extra, **_report_options(cfg))
@@ -153,7 +177,12 @@ def _report_seeds(run: Run, cfg: Config, subs: dict[int, Path]) -> Path:
     note = (f"{len(subs)} seeds ({', '.join(map(str, sorted(subs)))}): scores are means over "
             f"seeds; the seed spread of {reference} is {spread[reference]:.4f} emb sim.")
     extra, cold_note = _cold_section(cold, reference)
-    md, _ = write_report(summary, per_user, rows, run.path, noise_ceiling=ceiling,
+    per_seed_costs = [collect_costs(Run(p), names) for p in subs.values()]
+    costs = {n: {**_mean_dicts([c[n] for c in per_seed_costs]),
+                 "served_p50_ms": per_seed_costs[0][n].get("served_p50_ms")}
+             for n in names if all(n in c for c in per_seed_costs)}
+    extra += _cost_section(costs)
+    md, _ = write_report(summary, per_user, rows, run.path, noise_ceiling=ceiling, costs=costs,
                          reference=reference, notes=cold_note + [note], extra_tables=extra,
                          title=f"Personalization results: {run.path.name} ({len(subs)} seeds)",
                          **_report_options(cfg))
@@ -161,8 +190,11 @@ def _report_seeds(run: Run, cfg: Config, subs: dict[int, Path]) -> Path:
 
 
 def _mean_dicts(dicts: list[dict]) -> dict:
-    """Key-wise mean of {metric: value} dicts (keys all of them have)."""
-    keys = [k for k in dicts[0] if all(k in d for d in dicts)]
+    """Key-wise mean of the numeric values of dicts (keys all of them have as numbers)."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    keys = [k for k in dicts[0] if all(k in d and number(d[k]) for d in dicts)]
     return {k: float(np.mean([d[k] for d in dicts])) for k in keys}
 
 
