@@ -354,7 +354,8 @@ def report(run: Path = typer.Argument(..., help="Run directory with evaluated st
 
 @app.command("run", epilog="Example: personal run --plan phase1 --run runs/main eval.max_users=20")
 def run_main(plan: str = typer.Option("phase1", "--plan", help="Which strategies to run "
-                                      "(phase1: the study's table; baseline: base + unified)."),
+                                      "(phase1: the study's table; baseline: base + unified; "
+                                      "curve: the learning curve over run.curve_sessions)."),
              data: Optional[Path] = typer.Option(None, "--data", help="Data folder (data.path)."),
              run: Path = typer.Option(Path("runs/main"), "--run", help="Run directory."),
              address: Optional[str] = typer.Option(None, "--address", help="Run on the Ray "
@@ -390,7 +391,14 @@ def run_main(plan: str = typer.Option("phase1", "--plan", help="Which strategies
                                   temp_dir=_ray_temp(run_path) if not address else None)
         return run_plan(run_cfg, run_path, known[plan])
 
-    if cfg.run.seeds:
+    if plan == "curve":
+        from personal.experiment.curve import run_curve
+
+        if cfg.run.seeds:
+            raise PersonalError("--plan curve runs one seed per point; drop --seeds "
+                                "(run.seeds) or run the curve once per seed into its own folder")
+        path = run_curve(cfg, run, known[plan], execute)
+    elif cfg.run.seeds:
         from personal.experiment.seeds import run_seeds
 
         path = run_seeds(cfg, run, known[plan], execute)

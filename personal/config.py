@@ -94,12 +94,17 @@ class DataConfig:
     (default): 10, or a fifth of the users when there are fewer than 50 (3 users: none)."""
     history_messages: int = 6
     """How many messages before the target turn the prompt carries (last N)."""
+    max_train_sessions: int = 0
+    """Train on at most this many sessions per user, the most recent of their training
+    sessions (those just before validation and test; 0: all). The learning-curve axis
+    (`personal run --plan curve`): validation, test and cold-start users are unchanged."""
 
     def __post_init__(self) -> None:
         check_rules(self, "data", {
             "users": at_least(1), "sessions": at_least(1), "background_users": at_least(1),
             "train_frac": fraction(lo_open=True, hi_open=False), "val_frac": fraction(),
-            "cold_start": at_least(0), "history_messages": at_least(0)})
+            "cold_start": at_least(0), "history_messages": at_least(0),
+            "max_train_sessions": at_least(0)})
         if self.train_frac + self.val_frac > 1 + 1e-9:
             raise ConfigError(f"data.train_frac + data.val_frac must be at most 1, got "
                               f"{self.train_frac} + {self.val_frac}")
@@ -334,11 +339,22 @@ class RunConfig:
 
     seeds: list[int] = field(default_factory=list)
     """Training seeds (`--seeds 0,1,2`): the whole plan runs once per seed, each into
-    `RUN/seed-<k>/` with `train.seed`, `generation.seed` and every strategy's own `seed`
-    set to k (data, splits and the base model are shared), and RUN's report compares the
-    strategies over seeds and users. Empty: one run with `train.seed`, directly in RUN."""
+    `RUN/seed-<k>/` with `train.seed`, every strategy's own `seed` and (when sampling)
+    `generation.seed` set to k (data, splits and the base model are shared; a unit whose
+    inputs no seed changes, such as the retrieval index, runs once and the other seeds adopt
+    it), and RUN's report compares the strategies over seeds and users. Empty: one run with
+    `train.seed`, directly in RUN."""
+
+    curve_sessions: list[int] = field(default_factory=lambda: [5, 10, 20, 30])
+    """The learning curve's points (`personal run --plan curve`): training sessions per user
+    (`data.max_train_sessions`), one sub-run `RUN/sessions-<n>/` each."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.curve_sessions, list) or not self.curve_sessions or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                for n in self.curve_sessions):
+            raise ConfigError("run.curve_sessions must be a non-empty list of integers >= 1, "
+                              f"got {self.curve_sessions!r}")
         if not isinstance(self.seeds, list) or not all(
                 isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
             raise ConfigError(f"run.seeds must be a list of integers >= 0, got {self.seeds!r}")

@@ -89,7 +89,14 @@ def test_a_seeds_run_repeats_the_plan_per_seed_and_reports_over_seeds(tiny_cfg):
             for s in (0, 1))
     assert a.read_bytes() != b.read_bytes()  # another seed: another initialisation
     seed1 = load_config(root / "seeds" / "seed-1" / "config.yaml")
-    assert seed1.train.seed == 1 and seed1.generation.seed == 1 and seed1.run.seeds == []
+    assert seed1.train.seed == 1 and seed1.generation.seed == 0 and seed1.run.seeds == []
+    # what no seed changes ran once: seed 1 adopted the base's evaluation from seed 0
+    base_eval = json.loads((root / "seeds/seed-1/units/eval__base.json").read_text())
+    assert base_eval["reused_from"] == "seed-0"
+    assert (root / "seeds/seed-1/predictions/base.jsonl").read_bytes() == \
+        (root / "seeds/seed-0/predictions/base.jsonl").read_bytes()
+    assert "reused_from" not in json.loads(
+        (root / "seeds/seed-1/units/train__unified_lora.json").read_text())
     rows = {r["strategy"]: r for r in json.loads((root / "seeds/comparisons.json").read_text())}
     per_seed = [json.loads((root / "seeds" / f"seed-{s}/metrics/unified_lora_summary.json")
                            .read_text())["macro"]["emb_sim"] for s in (0, 1)]
@@ -163,3 +170,29 @@ def test_cost_figures_are_positive_and_add_up(tiny_cfg):
     assert base["parameters"] == 0 and base["stored_bytes"] == 0
     text = (run / "report.md").read_text()
     assert "## Cost" in text and "| unified_lora | " in text.split("## Cost")[1]
+
+
+def test_a_learning_curve_trains_on_the_most_recent_sessions_and_plots_them(tiny_cfg):
+    from personal.config import set_dotted
+    from personal.experiment.context import Context
+    from personal.experiment.curve import run_curve
+
+    cfg, root = tiny_cfg
+    cfg = set_dotted(cfg, "run.curve_sessions", [3, 1])
+    plan = ["base", "unified_lora"]
+    report = run_curve(cfg, root / "curve", plan, lambda c, p: pipeline.run_plan(c, p, plan))
+    one = Context.create(load_config(root / "curve" / "sessions-1" / "config.yaml"),
+                         root / "curve_ctx")
+    full = Context.create(tiny_cfg[0], root / "curve_ctx_full")
+    for pid, sp in one.splits.items():  # the last training session, val and test unchanged
+        assert sp.train == full.splits[pid].train[-1:] and sp.test == full.splits[pid].test
+    sessions = {(e.persona_id, e.session_id) for e in one.examples("train")}
+    assert len(sessions) == 3 and one.fingerprint != full.fingerprint
+    text = report.read_text()
+    assert "| strategy | 1 sessions | 3 sessions |" in text
+    scores = json.loads((root / "curve" / "curve_scores.json").read_text())
+    unified_1 = json.loads((root / "curve/sessions-1/metrics/unified_lora_summary.json")
+                           .read_text())["macro"]["emb_sim"]
+    assert abs(scores["unified_lora"]["1"]["emb_sim"] - unified_1) < 1e-12  # 3 warm users
+    html = (root / "curve" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 1

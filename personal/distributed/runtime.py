@@ -21,9 +21,8 @@ from typing import Any, Iterator, Optional
 import torch
 
 from personal.config import Config, from_dict, to_dict
-from personal.data.validate import load_dataset
 from personal.errors import PersonalError
-from personal.experiment.context import Context, data_fingerprint, ensure_population, load_splits
+from personal.experiment.context import Context, prepare_data
 from personal.experiment.runs import Run
 
 # Ray itself is imported inside the functions that use it: the core imports and tests without it.
@@ -64,10 +63,8 @@ def worker_context(payload: dict[str, Any], run_path: str | Path):
     """The run's Context rebuilt on a worker from (config dict, run path), without reopening
     the run (no provenance rewrite, no log handler): the driver already did both."""
     cfg = config_from_payload(payload)
-    data_path = ensure_population(cfg.data.path, cfg, "eval")
-    ds = load_dataset(data_path)
-    splits, splits_path = load_splits(cfg, ds, data_path)
-    return Context(cfg, Run(Path(run_path)), ds, splits, data_fingerprint(data_path, splits_path))
+    ds, splits, fp = prepare_data(cfg)
+    return Context(cfg, Run(Path(run_path)), ds, splits, fp)
 
 
 def prepare_base(ctx) -> None:

@@ -264,6 +264,50 @@ def ablation_curves(ablations: dict[str, Sequence[tuple[float, float]]], metric:
     return _png(fig)
 
 
+def curve_plot(curves: dict[str, Sequence[tuple[float, float]]], metric: str,
+               xlabel: str = "training sessions per user") -> str:
+    """Base64 PNG: one line per strategy, score against the varied size (one panel)."""
+    fig, (ax,) = _grid(1, width=6.0, height=4.0)
+    for name, points in curves.items():
+        points = sorted((float(x), float(y)) for x, y in points)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def write_curve_report(curves: dict[str, dict[int, dict[str, float]]], out_dir: str | Path,
+                       reference: str, metric: str = "emb_sim",
+                       title: str = "Learning curve") -> tuple[Path, Path]:
+    """report.md / report.html of a learning curve: {strategy: {n: {metric: score}}} as a
+    table (one column per n, the change against `reference` beside each score) and a plot."""
+    sizes = sorted({n for points in curves.values() for n in points})
+    table = [["strategy"] + [f"{n} sessions" for n in sizes]]
+    ref = curves.get(reference, {})
+    for name, points in curves.items():
+        cells = [name]
+        for n in sizes:
+            score = points.get(n, {}).get(metric)
+            change = "" if name == reference or n not in ref or _missing(score) else \
+                f" ({fmt(score - ref[n][metric], signed=True)})"
+            cells.append(fmt(score) + change)
+        table.append(cells)
+    png = curve_plot({name: [(n, p[metric]) for n, p in points.items() if metric in p]
+                      for name, points in curves.items()}, metric)
+    caption = (f"Mean {metric} over training users at each size (in brackets: the change "
+               f"against {reference} at the same size); each size is one run of the plan.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    page = {"title": title, "summary": [caption], "table": table, "details": [[]],
+            "extra": [], "plots": [("Learning curve", png)], "legend": ""}
+    md, page_html = out / "report.md", out / "report.html"
+    md.write_text(_markdown(**page), encoding="utf-8")
+    page_html.write_text(_html(**page), encoding="utf-8")
+    return md, page_html
+
+
 # --- Writing --------------------------------------------------------------------------------
 
 def _legend(min_user_score: float, alpha: float, worst_delta_bound: float = -0.02,
@@ -384,8 +428,8 @@ def write_report(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
 
 
 def _markdown(title: str, summary, table, details, extra, legend: str, plots) -> str:
-    parts = [f"# {title}", "", " ".join(summary), "", markdown_table(table), "",
-             f"Criteria: {legend}.", ""]
+    parts = [f"# {title}", "", " ".join(summary), "", markdown_table(table), ""]
+    parts += [f"Criteria: {legend}.", ""] if legend else []
     for name, cells, caption in extra:
         parts += [f"## {name}", "", markdown_table(cells), ""] + ([caption, ""] if caption else [])
     if len(details) > 1:
@@ -406,7 +450,7 @@ def _html(title: str, summary, table, details, extra, legend: str, plots) -> str
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
              f"</title><style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<p class='summary'>{html.escape(' '.join(summary))}</p>",
-             html_table(table), f"<p>Criteria: {legend_html}.</p>"]
+             html_table(table)] + ([f"<p>Criteria: {legend_html}.</p>"] if legend else [])
     for name, cells, caption in extra:
         parts += [f"<h2>{html.escape(name)}</h2>", html_table(cells)]
         parts += [f"<p>{html.escape(caption)}</p>"] if caption else []

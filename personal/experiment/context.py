@@ -6,6 +6,7 @@ the three files + splits) keys every cached result.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from personal.data.splits import cold_start_count, make_splits
 from personal.data.synth import write_synth
 from personal.data.validate import load_dataset
 from personal.errors import PersonalError
-from personal.experiment.runs import Run, files_fingerprint
+from personal.experiment.runs import Run, files_fingerprint, stable_hash
 from personal.experiment.units import recorded_predictions
 from personal.models.base import cache_key, load_base
 from personal.models.base import data_fingerprint as background_fingerprint
@@ -80,6 +81,25 @@ def load_splits(cfg: Config, ds: Dataset, data_path: Path) -> tuple[Splits, Path
     return splits, target
 
 
+def prepare_data(cfg: Config) -> tuple[Dataset, Splits, str]:
+    """The run's dataset, its splits (capped by `data.max_train_sessions`) and the data
+    fingerprint that keys every cached result: the same on the driver and on every worker."""
+    data_path = ensure_population(cfg.data.path, cfg, "eval")
+    ds = load_dataset(data_path)
+    splits, splits_path = load_splits(cfg, ds, data_path)
+    fp = data_fingerprint(data_path, splits_path)
+    if cfg.data.max_train_sessions:
+        splits = cap_train_sessions(splits, cfg.data.max_train_sessions)
+        fp = stable_hash(fp, "max_train_sessions", cfg.data.max_train_sessions)
+    return ds, splits, fp
+
+
+def cap_train_sessions(splits: Splits, n: int) -> Splits:
+    """Each user's `n` most recent training sessions (the learning-curve axis); the rest of
+    the split is unchanged, so every point of a curve is scored on the same test turns."""
+    return {pid: dataclasses.replace(sp, train=sp.train[-n:]) for pid, sp in splits.items()}
+
+
 def data_fingerprint(data_path: Path, splits_path: Path) -> str:
     return files_fingerprint([data_path / f for f in DATA_FILES] + [splits_path])
 
@@ -104,10 +124,7 @@ class Context:
 
     @classmethod
     def create(cls, cfg: Config, run_path: str | Path) -> "Context":
-        data_path = ensure_population(cfg.data.path, cfg, "eval")
-        ds = load_dataset(data_path)
-        splits, splits_path = load_splits(cfg, ds, data_path)
-        fp = data_fingerprint(data_path, splits_path)
+        ds, splits, fp = prepare_data(cfg)
         return cls(cfg, Run.open(run_path, cfg, fp), ds, splits, fp)
 
     def examples(self, split: str, personas: Optional[list[str]] = None) -> list[Example]:

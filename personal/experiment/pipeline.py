@@ -61,7 +61,8 @@ def evaluate_strategy(ctx: Context, name: str, trained: str) -> dict:
     split = ctx.cfg.eval.split
     inputs = eval_inputs(ctx, trained)
     outputs = [f"predictions/{name}.jsonl", f"metrics/{name}_per_user.csv",
-               f"metrics/{name}_summary.json", f"metrics/{name}_cost.json"]
+               f"metrics/{name}_per_user.json", f"metrics/{name}_summary.json",
+               f"metrics/{name}_cost.json"]
 
     def work() -> dict:
         spec = get_strategy(name)
@@ -94,8 +95,10 @@ def evaluate_noise_ceiling(ctx: Context) -> dict:
     inputs = stable_hash("noise_ceiling", ctx.fingerprint, eval_settings(ctx.cfg),
                          ctx.eval_personas())
 
+    has_alt = any(e.alt_text for e in examples)
+
     def work() -> dict:
-        if not any(e.alt_text for e in examples):
+        if not has_alt:
             return {}
         ceiling = noise_ceiling([e.target for e in examples], [e.alt_text for e in examples],
                                 users=[e.persona_id for e in examples],
@@ -104,7 +107,8 @@ def evaluate_noise_ceiling(ctx: Context) -> dict:
         ctx.run.write_json("metrics/noise_ceiling.json", ceiling)
         return ceiling
 
-    return ctx.run.run_unit("eval/noise_ceiling", inputs, work, [])
+    return ctx.run.run_unit("eval/noise_ceiling", inputs, work,
+                            ["metrics/noise_ceiling.json"] if has_alt else [])
 
 
 def write_evaluation(ctx: Context, name: str, examples, predictions, gen_seconds: float) -> dict:

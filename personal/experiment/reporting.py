@@ -10,9 +10,10 @@ import numpy as np
 from personal.config import Config, load_config
 from personal.errors import PersonalError
 from personal.eval.metrics import macro_mean
-from personal.eval.report import cold_start_table, cost_table, write_report
+from personal.eval.report import cold_start_table, cost_table, write_curve_report, write_report
 from personal.eval.statistics import compare, compare_seeds, rows_as_records
 from personal.experiment.cost import served_p50_ms
+from personal.experiment.curve import curve_runs
 from personal.experiment.progress import format_seconds
 from personal.experiment.runs import Run
 from personal.experiment.seeds import seed_runs
@@ -121,6 +122,9 @@ def report_from_run(run_path: Path) -> Path:
     subs = seed_runs(run.path)
     if subs:
         return _report_seeds(run, cfg, subs)
+    points = curve_runs(run.path)
+    if points:
+        return _report_curve(run, cfg, points)
     summary, per_user = collect_metrics(run)
     if not summary:
         raise PersonalError(f"{run.path}: no evaluated strategy (run `personal eval` first)")
@@ -186,6 +190,24 @@ def _report_seeds(run: Run, cfg: Config, subs: dict[int, Path]) -> Path:
                          reference=reference, notes=cold_note + [note], extra_tables=extra,
                          title=f"Personalization results: {run.path.name} ({len(subs)} seeds)",
                          **_report_options(cfg))
+    return md
+
+
+def _report_curve(run: Run, cfg: Config, points: dict[int, Path]) -> Path:
+    """The learning curve's report: each point's macro scores over its training users."""
+    curves: dict[str, dict[int, dict]] = {}
+    for n, path in sorted(points.items()):
+        summary, per_user = collect_metrics(Run(path))
+        if not summary:
+            raise PersonalError(f"{path}: the {n}-session point has no evaluated strategy yet "
+                                f"(rerun `personal run --plan curve` into {run.path})")
+        warm, _, _ = split_cold(per_user, cold_start_users(Run(path)))
+        for name, scores in warm.items():
+            curves.setdefault(name, {})[n] = scores
+    run.write_json("curve_scores.json", curves)
+    reference = cfg.eval.reference if cfg.eval.reference in curves else next(iter(curves))
+    md, _ = write_curve_report(curves, run.path, reference,
+                               title=f"Learning curve: {run.path.name}")
     return md
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ from typing import Any, Callable, Optional
 from personal.config import Config, save_config, to_dict
 from personal.errors import PersonalError
 from personal.hashing import files_fingerprint, stable_hash  # noqa: F401  (re-exported)
+
+#: Records of a run folder whose children are sub-runs (seeds, learning-curve points).
+SUBRUN_RECORDS = ("seeds.json", "curve.json")
 
 PACKAGES = ("torch", "transformers", "peft", "ray", "sentence-transformers", "scikit-learn",
             "scipy", "numpy", "faiss-cpu", "personal")
@@ -103,10 +107,16 @@ class Run:
 
     def run_unit(self, unit: str, inputs_hash: str, fn: Callable[[], dict],
                  outputs: list[str]) -> dict:
-        """Run `fn` unless the unit is done with the same inputs; returns its result record."""
+        """Run `fn` unless the unit is done with the same inputs, here or in a sibling
+        sub-run (`donors`); returns its result record."""
         log = logging.getLogger("personal")
-        if self.unit_done(unit, inputs_hash):
-            log.info("skip %s (finished, inputs unchanged)", unit)
+        donor = None if self.unit_done(unit, inputs_hash) else self.donor_for(unit, inputs_hash)
+        if donor is not None:
+            self.adopt_unit(donor, unit)
+            log.info("reuse %s from %s (same inputs)", unit, donor.path.name)
+        if donor is not None or self.unit_done(unit, inputs_hash):
+            if donor is None:
+                log.info("skip %s (finished, inputs unchanged)", unit)
             if self.progress is not None:
                 self.progress.end(unit, 0.0, skipped=True)
             return self.read_json(unit_record(unit))["result"]
@@ -130,6 +140,38 @@ class Run:
         self.write_json(unit_record(unit), {
             "unit": unit, "inputs": inputs_hash, "outputs": outputs, "seconds": seconds,
             "result": result, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    # --- sub-runs of a seeds or curve run --------------------------------------------------
+    def donors(self) -> list["Run"]:
+        """Sibling sub-runs of the same seeds or curve run (listed by the parent's record):
+        a unit whose inputs do not depend on the seed or the point (the retrieval index, the
+        base's evaluation) is computed once and adopted by the others."""
+        parent = self.path.parent
+        if not any((parent / f).is_file() for f in SUBRUN_RECORDS):
+            return []
+        return [Run(p) for p in sorted(parent.iterdir())
+                if p.is_dir() and p.resolve() != self.path.resolve() and (p / "units").is_dir()]
+
+    def donor_for(self, unit: str, inputs_hash: str) -> Optional["Run"]:
+        """A sibling that finished `unit` with the same inputs, if any."""
+        return next((d for d in self.donors() if d.unit_done(unit, inputs_hash)), None)
+
+    def adopt_unit(self, donor: "Run", unit: str) -> None:
+        """Copy a donor's finished unit here: its outputs, then its record (last, so a copy
+        cut short is not taken for finished), with the donor's folder in its result
+        rewritten to this one and `reused_from` naming the donor."""
+        record = donor.read_json(unit_record(unit))
+        for rel in record.get("outputs", []):
+            src, dst = donor.path / rel, self.path / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, dst, dirs_exist_ok=True)
+            else:
+                shutil.copy2(src, dst)
+        text = json.dumps(record["result"]).replace(str(donor.path.resolve()),
+                                                    str(self.path.resolve()))
+        self.write_json(unit_record(unit), {**record, "result": json.loads(text),
+                                            "reused_from": donor.path.name})
 
     def unit_result(self, unit: str) -> Optional[dict]:
         """The result of a finished unit's record (None: no record)."""

@@ -31,11 +31,14 @@ def seed_run_name(seed: int) -> str:
 
 
 def seeded_config(cfg: Config, seed: int, strategies: list[str]) -> Config:
-    """`cfg` for one seed: train.seed, generation.seed and the `seed` option of every
-    strategy of the plan that has one set to `seed`; run.seeds emptied (a plain run)."""
+    """`cfg` for one seed: train.seed, the `seed` option of every strategy of the plan that
+    has one, and generation.seed when generation samples (greedy decoding draws nothing, so
+    the untrained base's evaluation stays one unit all seeds share) set to `seed`;
+    run.seeds emptied (a plain run)."""
+    gen = (dataclasses.replace(cfg.generation, seed=seed) if cfg.generation.do_sample
+           else cfg.generation)
     out = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed),
-                              generation=dataclasses.replace(cfg.generation, seed=seed),
-                              run=dataclasses.replace(cfg.run, seeds=[]))
+                              generation=gen, run=dataclasses.replace(cfg.run, seeds=[]))
     for name in strategies:
         fields = {f.name for f in dataclasses.fields(get_strategy(name).config_cls)}
         if "seed" in fields:
@@ -52,20 +55,30 @@ def run_seeds(cfg: Config, run_path: str | Path, strategies: list[str],
 
     if len(cfg.run.seeds) < 1:
         raise PersonalError("run.seeds is empty: nothing to repeat (a plain run needs none)")
+    points = {seed_run_name(s): seeded_config(cfg, s, strategies) for s in cfg.run.seeds}
+    record = {"seeds": list(cfg.run.seeds),
+              "runs": {str(s): seed_run_name(s) for s in cfg.run.seeds}}
+    run_subruns(cfg, run_path, points, SEEDS_FILE, record, execute)
+    return report_from_run(Path(run_path))
+
+
+def run_subruns(cfg: Config, run_path: str | Path, points: dict[str, Config], record_file: str,
+                record: dict, execute: Callable[[Config, Path], Path]) -> None:
+    """The folder of a run over an axis (seeds, training sessions): its config, the record
+    naming its sub-runs, then `execute(point_cfg, RUN/<name>)` for each point in order.
+    Refuses a folder that holds a single run (its units would be mixed in)."""
     root = Path(run_path)
     if root.exists() and not root.is_dir():
         raise PersonalError(f"--run {root} is a file, not a run folder")
     if (root / "units").is_dir():
-        raise PersonalError(f"--run {root} holds a single-seed run; give the seeds run "
-                            "its own folder")
+        raise PersonalError(f"--run {root} holds a single-seed run; give the seeds or curve "
+                            "run its own folder")
     root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, root / "config.yaml")
-    runs = {str(s): seed_run_name(s) for s in cfg.run.seeds}
-    Run(root).write_json(SEEDS_FILE, {"seeds": list(cfg.run.seeds), "runs": runs})
-    for seed in cfg.run.seeds:
-        log.info("seed %d of %s: %s", seed, cfg.run.seeds, root / runs[str(seed)])
-        execute(seeded_config(cfg, seed, strategies), root / runs[str(seed)])
-    return report_from_run(root)
+    Run(root).write_json(record_file, record)
+    for name, point_cfg in points.items():
+        log.info("%s: %s", record_file.split(".")[0], root / name)
+        execute(point_cfg, root / name)
 
 
 def seed_runs(run_path: str | Path) -> dict[int, Path]:

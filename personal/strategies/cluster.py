@@ -483,7 +483,7 @@ def routes(ctx, scfg: ClusterConfig) -> RouteTable:
 
 
 register_strategy(NAME, config=ClusterConfig, stages=stages, predictor=predictor,
-                  serving=servable(routes), plans=("phase1",), position=50,
+                  serving=servable(routes), plans=("phase1", "curve"), position=50,
                   expected_seconds={"train/cluster_lora": 240.0, "assign/": 70.0},
                   cold_start="the adapter of the nearest cluster centroid, placed by the "
                              "features of the sessions the user has")

@@ -63,6 +63,6 @@ def routes(ctx, scfg: HybridConfig) -> RouteTable:
 
 
 register_strategy("hybrid_lora", config=HybridConfig, stages=stages, predictor=predictor,
-                  serving=servable(routes), plans=("phase1",), position=30,
+                  serving=servable(routes), plans=("phase1", "curve"), position=30,
                   expected_seconds={"train/hybrid_lora": 190.0},
                   cold_start="the unified adapter")

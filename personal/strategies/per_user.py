@@ -75,6 +75,6 @@ def routes(ctx, scfg: PerUserConfig) -> RouteTable:
 
 
 register_strategy("per_user_lora", config=PerUserConfig, stages=stages, predictor=predictor,
-                  serving=servable(routes), plans=("phase1",), position=20,
+                  serving=servable(routes), plans=("phase1", "curve"), position=20,
                   expected_seconds={"train/per_user_lora": 345.0},
                   cold_start="the `fallback` (the unified adapter by default)")

@@ -311,7 +311,7 @@ register_strategy("retrieval", config=RetrievalConfig, stages=stages, predictor=
                   cold_start="retrieval over the sessions the user has (their validation "
                              "sessions)")
 register_strategy("retrieval_trained", config=RetrievalTrainedConfig, stages=trained_stages,
-                  predictor=predictor, serving=not_servable(NO_INDEX), plans=("phase1",),
+                  predictor=predictor, serving=not_servable(NO_INDEX), plans=("phase1", "curve"),
                   position=70,
                   expected_seconds={"train/retrieval_trained": 290.0,
                                     "eval/retrieval_trained": 150.0,
