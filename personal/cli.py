@@ -408,6 +408,25 @@ def run_main(plan: str = typer.Option("phase1", "--plan", help="Which strategies
     typer.echo(f"report: {path} ({time.perf_counter() - t0:.0f}s)")
 
 
+@app.command("robustness", epilog="Example: personal robustness runs/main runs/second")
+def robustness_cmd(runs: List[Path] = typer.Argument(..., help="Reported runs of the same plan "
+                                                     "on different populations."),
+                   out: Optional[Path] = typer.Option(None, "--out", help="Also write the "
+                                                      "table to this Markdown file."),
+                   force: bool = typer.Option(False, "--force", help="Replace --out.")) -> None:
+    """Whether each strategy's verdict against the reference holds on every population."""
+    from personal.experiment.robustness import robustness, robustness_markdown
+
+    for path in runs:
+        if not (path / "config.yaml").is_file():
+            raise PersonalError(f"{path}: not a run directory (no config.yaml)")
+    target = check_output_file(out, force, "--out file") if out else None
+    text = robustness_markdown(robustness(list(runs)))
+    if target:
+        target.write_text(text, encoding="utf-8")
+    typer.echo(text)
+
+
 def _seed_list(text: str) -> list[int]:
     """`--seeds 0,1,2` as a list of integers, or an error naming the option."""
     parts = [p.strip() for p in text.split(",") if p.strip()]

@@ -31,7 +31,7 @@ def small_data(tmp_path_factory):
 def test_every_command_has_help_with_an_example(capsys):
     for cmd in (["data", "synth"], ["data", "validate"], ["data", "import"], ["data", "split"],
                 ["data", "stats"], ["base", "pretrain"], ["train"], ["eval"], ["report"],
-                ["run"], ["tune"], ["serve"]):
+                ["run"], ["tune"], ["serve"], ["robustness"]):
         code, out, _ = run_cli(capsys, *cmd, "--help")
         assert code == 0 and "Example: personal " + cmd[0] in out, cmd
 
