@@ -59,7 +59,7 @@ def test_report_renders_table_and_embedded_plots(tmp_path):
         "0.990", "0.970"]
     # the summary at the top comes from the numbers
     assert "1 of 2 strategies beat unified_lora: per_user_lora (+0.0235 emb_sim" in md
-    assert "Worse than unified_lora beyond noise: base (-0.2000" in md
+    assert "- Worse than unified_lora beyond noise: base (-0.2000)." in md
     assert "Passing all four criteria: per_user_lora." in md
     lines = md.splitlines()  # reference first, then the others in summary order
     order = [l.split("|")[1].strip() for l in lines if l.startswith("| ")][2:5]

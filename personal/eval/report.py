@@ -365,8 +365,8 @@ def summary_sentences(rows: dict[str, ComparisonRow], reference: str, metric: st
            (f"No strategy beats {reference} beyond noise: for none of {len(rows)} does the "
             f"95% CI of the change over {noise} lie above zero.")]
     if worse:
-        out.append(f"Worse than {reference} beyond noise: " + "; ".join(item(r) for r in worse)
-                   + ".")
+        out.append(f"Worse than {reference} beyond noise: " + ", ".join(
+            f"{r.strategy} ({fmt(r.mean_delta, signed=True)})" for r in worse) + ".")
     passed = [r.strategy for r in rows.values() if r.passed]
     out.append("Passing all four criteria: " + (", ".join(passed) if passed else "none") + ".")
     return out + [n for n in notes if n]
@@ -428,7 +428,7 @@ def write_report(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
 
 
 def _markdown(title: str, summary, table, details, extra, legend: str, plots) -> str:
-    parts = [f"# {title}", "", " ".join(summary), "", markdown_table(table), ""]
+    parts = [f"# {title}", ""] + [f"- {line}" for line in summary] + ["", markdown_table(table), ""]
     parts += [f"Criteria: {legend}.", ""] if legend else []
     for name, cells, caption in extra:
         parts += [f"## {name}", "", markdown_table(cells), ""] + ([caption, ""] if caption else [])
@@ -449,7 +449,8 @@ def _html(title: str, summary, table, details, extra, legend: str, plots) -> str
     legend_html = html.escape(legend).replace("**", "").replace("`", "")
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
              f"</title><style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-             f"<p class='summary'>{html.escape(' '.join(summary))}</p>",
+             "<ul class='summary'>" + "".join(f"<li>{html.escape(line)}</li>"
+                                              for line in summary) + "</ul>",
              html_table(table)] + ([f"<p>Criteria: {legend_html}.</p>"] if legend else [])
     for name, cells, caption in extra:
         parts += [f"<h2>{html.escape(name)}</h2>", html_table(cells)]
