@@ -379,6 +379,18 @@ class Config:
     strategy: dict[str, Any] = field(default_factory=dict)
 
 
+#: Generation fields that set how many prompts run at once, not what is generated: a memory
+#: and speed knob (a large base needs a smaller batch than the built-in one). Changing one
+#: keeps finished evaluations: rows are left-padded and masked, so a row's tokens do not
+#: depend on its batch (up to float summation order).
+THROUGHPUT_FIELDS = ("batch_size",)
+
+
+def generation_settings(cfg: "Config") -> dict:
+    """The generation fields predictions depend on (what keys an evaluation's results)."""
+    return {k: v for k, v in to_dict(cfg)["generation"].items() if k not in THROUGHPUT_FIELDS}
+
+
 # --- Building configs ----------------------------------------------------------------------
 
 def load_config(path: Optional[str | Path] = None, overrides: list[str] = (),

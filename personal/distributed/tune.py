@@ -222,7 +222,7 @@ def write_results(out: Path, rows: list[dict], keys: list[str], metric: str) -> 
     if summary:
         md, _ = write_report(summary, {}, {}, out, ablations=ablation_points(rows, keys, metric)
                              or None, reference=next(iter(summary)), metric=metric,
-                             title="Ablations (validation split)")
+                             title="Ablations (validation split)", summarize=False)
         paths["report"] = str(md)
     return paths
 

@@ -394,14 +394,16 @@ def write_report(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
                  title: str = "Personalization results", worst_delta_bound: float = -0.02,
                  worst_criterion: str = "worst", notes: Sequence[str] = (),
                  extra_tables: Sequence[tuple[str, list[list[str]], str]] = (),
-                 costs: Optional[dict[str, dict[str, Any]]] = None) -> tuple[Path, Path]:
+                 costs: Optional[dict[str, dict[str, Any]]] = None,
+                 summarize: bool = True) -> tuple[Path, Path]:
     """Write `report.md` and `report.html` into `out_dir`; returns their paths.
 
     Shapes of the inputs: see the module docstring. `metric` is the metric of the study
     table's first column and of the plots (the one the comparisons were made on).
     `notes` end the summary at the top (seed noise, cold-start users); `extra_tables`
     are (title, cells, caption) sections after the study table (cold-start users, cost);
-    `costs` ({strategy: cost record}) price the summary's strategies that beat the reference.
+    `costs` ({strategy: cost record}) price the summary's strategies that beat the reference;
+    `summarize=False` leaves the summary out (a sweep's table compares no strategies).
     """
     rows = _rows(comparisons)
     ref = _reference(rows, summary, reference)
@@ -419,7 +421,8 @@ def write_report(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md_path, html_path = out / "report.md", out / "report.html"
-    page = {"title": title, "summary": summary_sentences(rows, ref, metric, notes, costs),
+    summary_lines = summary_sentences(rows, ref, metric, notes, costs) if summarize else []
+    page = {"title": title, "summary": summary_lines,
             "table": table, "details": details, "extra": list(extra_tables), "plots": plots,
             "legend": _legend(min_user_score, alpha, worst_delta_bound, worst_criterion)}
     md_path.write_text(_markdown(**page), encoding="utf-8")
@@ -428,7 +431,8 @@ def write_report(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
 
 
 def _markdown(title: str, summary, table, details, extra, legend: str, plots) -> str:
-    parts = [f"# {title}", ""] + [f"- {line}" for line in summary] + ["", markdown_table(table), ""]
+    parts = [f"# {title}", ""] + [f"- {line}" for line in summary] + \
+        ([""] if summary else []) + [markdown_table(table), ""]
     parts += [f"Criteria: {legend}.", ""] if legend else []
     for name, cells, caption in extra:
         parts += [f"## {name}", "", markdown_table(cells), ""] + ([caption, ""] if caption else [])
@@ -449,8 +453,8 @@ def _html(title: str, summary, table, details, extra, legend: str, plots) -> str
     legend_html = html.escape(legend).replace("**", "").replace("`", "")
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
              f"</title><style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-             "<ul class='summary'>" + "".join(f"<li>{html.escape(line)}</li>"
-                                              for line in summary) + "</ul>",
+             ("<ul class='summary'>" + "".join(f"<li>{html.escape(line)}</li>"
+                                               for line in summary) + "</ul>") if summary else "",
              html_table(table)] + ([f"<p>Criteria: {legend_html}.</p>"] if legend else [])
     for name, cells, caption in extra:
         parts += [f"<h2>{html.escape(name)}</h2>", html_table(cells)]

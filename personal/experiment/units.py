@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Optional
 
-from personal.config import to_dict
+from personal.config import generation_settings, to_dict
 from personal.hashing import stable_hash
 from personal.strategies.registry import Unit, get_strategy, strategy_config
 
@@ -34,9 +34,10 @@ def eval_settings(cfg) -> dict:
 
 def eval_inputs(ctx, trained: str) -> str:
     """Inputs hash of a strategy's evaluation: what it was trained from, data, the eval
-    fields it depends on (`EVAL_FIELDS`), generation settings, evaluated users."""
+    fields it depends on (`EVAL_FIELDS`), generation settings (`generation_settings`),
+    evaluated users."""
     return stable_hash(trained, ctx.fingerprint, eval_settings(ctx.cfg),
-                       to_dict(ctx.cfg)["generation"], ctx.eval_personas())
+                       generation_settings(ctx.cfg), ctx.eval_personas())
 
 
 def recorded_predictions(ctx, name: str, examples) -> Optional[list[str]]:

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from personal.config import to_dict
+from personal.config import generation_settings, to_dict
 from personal.data.features import user_features
 from personal.data.schema import Example
 from personal.errors import PersonalError
@@ -139,7 +139,8 @@ def decide_unit(ctx, scfg: SelectiveConfig, upstream: list[str]) -> Unit:
     d = to_dict(ctx.cfg)
     inputs = stable_hash("selective/decide", ctx.fingerprint, upstream, keys,
                          dataclasses.asdict(scfg), d["strategy"].get(scfg.candidate),
-                         d["generation"], d["eval"]["numeric_tolerance"], ctx.eval_personas())
+                         generation_settings(ctx.cfg), d["eval"]["numeric_tolerance"],
+                         ctx.eval_personas())
     return Unit("selective/decide", inputs, lambda: decide(ctx, scfg), [DECISIONS, META])
 
 
