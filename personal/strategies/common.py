@@ -29,7 +29,7 @@ def schedule(ctx, **changes) -> TrainConfig:
 
 
 #: Schedule options a fleet strategy's config may carry; None keeps the run's `train` value.
-SCHEDULE_FIELDS = ("epochs", "lr", "batch_size", "eval_every", "patience")
+SCHEDULE_FIELDS = ("epochs", "lr", "batch_size", "eval_every", "patience", "min_steps")
 
 
 def adapter_schedule(ctx, **changes) -> TrainConfig:

@@ -22,6 +22,10 @@ class HybridConfig:
 
     epochs: Optional[float] = 1.0
     """Passes over the user's training sessions after the unified adapter."""
+    min_steps: Optional[int] = 8
+    """A floor on each adapter's optimiser steps (8: 1 epoch of a default 30-session user, so the default data is
+    unchanged), so a user with few sessions still gets as many updates (more passes over
+    their data; validation keeps the best state). 0: `epochs` alone."""
     lr: Optional[float] = 1e-3
     """Peak learning rate: lower than the unified run's, a fine-tune of a trained adapter."""
     batch_size: Optional[int] = None

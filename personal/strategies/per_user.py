@@ -24,6 +24,10 @@ class PerUserConfig:
     epochs: Optional[float] = 2.0
     """Passes over the user's ~30 training sessions (8 steps each with batches of 4): the
     cost of the whole fleet is about that many passes over all users' data."""
+    min_steps: Optional[int] = 16
+    """A floor on each adapter's optimiser steps (16: 2 epochs of a default 30-session user, so the default data is
+    unchanged), so a user with few sessions still gets as many updates (more passes over
+    their data; validation keeps the best state). 0: `epochs` alone."""
     lr: Optional[float] = 1e-2
     """Peak learning rate: 5x the unified run's, which takes ~100x more steps."""
     batch_size: Optional[int] = None

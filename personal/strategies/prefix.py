@@ -24,6 +24,10 @@ class PrefixConfig:
     """Virtual tokens per user."""
     epochs: Optional[float] = 2.0
     """Passes over the user's training sessions."""
+    min_steps: Optional[int] = 16
+    """A floor on each adapter's optimiser steps (16: 2 epochs of a default 30-session user, so the default data is
+    unchanged), so a user with few sessions still gets as many updates (more passes over
+    their data; validation keeps the best state). 0: `epochs` alone."""
     lr: Optional[float] = 3e-2
     """Peak learning rate: soft prompts need a larger one than LoRA."""
     batch_size: Optional[int] = None
