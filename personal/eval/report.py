@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from personal.eval.metrics import macro_mean
 from personal.eval.statistics import CRITERIA, ComparisonRow, row_from_dict
 
 TABLE_HEADER = ["strategy", "emb sim", "seed sd", "change vs {ref}", "95% CI of change",
@@ -122,15 +123,14 @@ def cold_start_table(per_user: dict[str, Any], reference: str, rules: dict[str, 
         scores = _user_scores(users, metric)
         common = [u for u in scores if u in ref and not math.isnan(scores[u] - ref[u])]
         deltas = [scores[u] - ref[u] for u in common]
-        macro = {m: _mean([v.get(m) for v in users.values() if isinstance(v, dict)])
-                 for m in ("device_precision", "param_f1")}
+        macro = macro_mean(users) if users else {}
         table.append([
             name, rules.get(name) or "cannot answer a new user", str(len(scores)),
-            fmt(_mean(list(scores.values())), 4),
+            fmt(macro.get(metric), 4),
             "(reference)" if name == reference else fmt(_mean(deltas), signed=True),
             "\u2014" if name == reference or not deltas
             else f"{100 * sum(d > 0 for d in deltas) / len(deltas):.1f}%",
-            fmt(macro["device_precision"], 3), fmt(macro["param_f1"], 3)])
+            fmt(macro.get("device_precision"), 3), fmt(macro.get("param_f1"), 3)])
     return table
 
 

@@ -16,29 +16,21 @@ unified adapter it starts from and falls back to): the cost of the strategy on i
 from __future__ import annotations
 
 import json
-import struct
+import math
 from pathlib import Path
 from typing import Optional
+
+from safetensors import safe_open
 
 from personal.experiment.runs import unit_record
 from personal.experiment.units import strategy_units
 
 
 def safetensors_parameters(path: Path) -> int:
-    """Number of tensor elements in a .safetensors file, from its JSON header alone (the
-    format: an 8-byte little-endian header length, then the header)."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-    total = 0
-    for key, entry in header.items():
-        if key == "__metadata__":
-            continue
-        count = 1
-        for dim in entry["shape"]:
-            count *= int(dim)
-        total += count
-    return total
+    """Number of tensor elements in a .safetensors file, from its header alone (no tensor
+    is read)."""
+    with safe_open(str(path), framework="pt") as f:
+        return sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
 
 
 def _files(root: Path) -> list[Path]:

@@ -11,10 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from personal.config import Config, set_dotted
-from personal.experiment.runs import Run
-from personal.experiment.seeds import run_subruns
-
-CURVE_FILE = "curve.json"
+from personal.experiment.runs import CURVE_FILE, Run, run_subruns
 
 
 def curve_run_name(n: int) -> str:

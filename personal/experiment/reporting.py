@@ -21,26 +21,21 @@ from personal.experiment.seeds import seed_runs
 SPREAD_FILE = "seed_spread.json"
 
 
-def collect_metrics(run: Run) -> tuple[dict, dict]:
-    """{strategy: macro means} and {strategy: {user: {metric: mean}}} of every evaluated
-    strategy, in the order they were trained."""
+def collect_metrics(run: Run) -> tuple[dict, dict, set[str]]:
+    """{strategy: macro means}, {strategy: {user: {metric: mean}}} of every evaluated
+    strategy, in the order they were trained, and the users the run held out of training
+    (cold-start users, recorded by each evaluation)."""
     order = run.read_json("strategies.json") or []
     found = sorted(p.name[: -len("_summary.json")] for p in (run.path / "metrics").glob(
         "*_summary.json"))
     names = [n for n in order if n in found] + [n for n in found if n not in order]
-    summary, per_user = {}, {}
+    summary, per_user, cold = {}, {}, set()
     for name in names:
-        summary[name] = run.read_json(f"metrics/{name}_summary.json")["macro"]
+        record = run.read_json(f"metrics/{name}_summary.json")
+        summary[name] = record["macro"]
+        cold |= set(record.get("cold_start_users", []))
         per_user[name] = run.read_json(f"metrics/{name}_per_user.json")
-    return summary, per_user
-
-
-def cold_start_users(run: Run) -> set[str]:
-    """Users the run held out of training (recorded by each strategy's evaluation)."""
-    found = set()
-    for path in (run.path / "metrics").glob("*_summary.json"):
-        found |= set((run.read_json(f"metrics/{path.name}") or {}).get("cold_start_users", []))
-    return found
+    return summary, per_user, cold
 
 
 def split_cold(per_user: dict, cold: set[str]) -> tuple[dict, dict, dict]:
@@ -125,11 +120,11 @@ def report_from_run(run_path: Path) -> Path:
     points = curve_runs(run.path)
     if points:
         return _report_curve(run, cfg, points)
-    summary, per_user = collect_metrics(run)
+    summary, per_user, cold_users = collect_metrics(run)
     if not summary:
         raise PersonalError(f"{run.path}: no evaluated strategy (run `personal eval` first)")
     reference = _reference(cfg, summary)
-    summary, per_user, cold = split_cold(per_user, cold_start_users(run))
+    summary, per_user, cold = split_cold(per_user, cold_users)
     rows = compare(per_user, reference, **_compare_options(cfg))
     run.write_json("comparisons.json", rows_as_records(rows))
     ceiling = run.read_json("metrics/noise_ceiling.json")
@@ -155,11 +150,11 @@ def _report_seeds(run: Run, cfg: Config, subs: dict[int, Path]) -> Path:
     and users; writes comparisons.json and seed_spread.json beside it."""
     per_seed, summaries, colds = {}, {}, {}
     for seed, path in subs.items():
-        summary, per_user = collect_metrics(Run(path))
+        summary, per_user, cold_users = collect_metrics(Run(path))
         if not summary:
             raise PersonalError(f"{path}: seed {seed} has no evaluated strategy yet "
                                 f"(rerun `personal run --seeds ...` into {run.path})")
-        summary, per_user, colds[seed] = split_cold(per_user, cold_start_users(Run(path)))
+        summary, per_user, colds[seed] = split_cold(per_user, cold_users)
         per_seed[seed], summaries[seed] = per_user, summary
     names = [n for n in summaries[next(iter(subs))] if all(n in s for s in summaries.values())]
     missing = sorted({n for s in summaries.values() for n in s} - set(names))
@@ -197,15 +192,15 @@ def _report_curve(run: Run, cfg: Config, points: dict[int, Path]) -> Path:
     """The learning curve's report: each point's macro scores over its training users."""
     curves: dict[str, dict[int, dict]] = {}
     for n, path in sorted(points.items()):
-        summary, per_user = collect_metrics(Run(path))
+        summary, per_user, cold_users = collect_metrics(Run(path))
         if not summary:
             raise PersonalError(f"{path}: the {n}-session point has no evaluated strategy yet "
                                 f"(rerun `personal run --plan curve` into {run.path})")
-        warm, _, _ = split_cold(per_user, cold_start_users(Run(path)))
-        for name, scores in warm.items():
+        macro, _, _ = split_cold(per_user, cold_users)  # over the point's training users
+        for name, scores in macro.items():
             curves.setdefault(name, {})[n] = scores
     run.write_json("curve_scores.json", curves)
-    reference = cfg.eval.reference if cfg.eval.reference in curves else next(iter(curves))
+    reference = _reference(cfg, curves)
     md, _ = write_curve_report(curves, run.path, reference,
                                title=f"Learning curve: {run.path.name}")
     return md

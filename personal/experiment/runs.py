@@ -29,8 +29,10 @@ from personal.config import Config, save_config, to_dict
 from personal.errors import PersonalError
 from personal.hashing import files_fingerprint, stable_hash  # noqa: F401  (re-exported)
 
-#: Records of a run folder whose children are sub-runs (seeds, learning-curve points).
-SUBRUN_RECORDS = ("seeds.json", "curve.json")
+#: Records of a run folder whose children are sub-runs: one run per seed, per learning-curve
+#: point (`personal.experiment.seeds`, `personal.experiment.curve`).
+SEEDS_FILE, CURVE_FILE = "seeds.json", "curve.json"
+SUBRUN_RECORDS = (SEEDS_FILE, CURVE_FILE)
 
 PACKAGES = ("torch", "transformers", "peft", "ray", "sentence-transformers", "scikit-learn",
             "scipy", "numpy", "faiss-cpu", "personal")
@@ -110,13 +112,14 @@ class Run:
         """Run `fn` unless the unit is done with the same inputs, here or in a sibling
         sub-run (`donors`); returns its result record."""
         log = logging.getLogger("personal")
-        donor = None if self.unit_done(unit, inputs_hash) else self.donor_for(unit, inputs_hash)
+        done = self.unit_done(unit, inputs_hash)
+        donor = None if done else self.donor_for(unit, inputs_hash)
         if donor is not None:
             self.adopt_unit(donor, unit)
             log.info("reuse %s from %s (same inputs)", unit, donor.path.name)
-        if donor is not None or self.unit_done(unit, inputs_hash):
-            if donor is None:
-                log.info("skip %s (finished, inputs unchanged)", unit)
+        elif done:
+            log.info("skip %s (finished, inputs unchanged)", unit)
+        if done or donor is not None:
             if self.progress is not None:
                 self.progress.end(unit, 0.0, skipped=True)
             return self.read_json(unit_record(unit))["result"]
@@ -185,6 +188,26 @@ class Run:
             rec = json.loads(f.read_text(encoding="utf-8"))
             out[rec["unit"]] = rec["seconds"]
         return out
+
+
+def run_subruns(cfg: Config, run_path: str | Path, points: dict[str, Config], record_file: str,
+                record: dict, execute: Callable[[Config, Path], Path]) -> None:
+    """The folder of a run over an axis (seeds, training sessions): its config, the record
+    naming its points (`record_file`, one of SUBRUN_RECORDS), then `execute(point_cfg,
+    RUN/<name>)` for each point in order. Refuses a folder that holds a single run (its
+    units would be mixed in)."""
+    root = Path(run_path)
+    if root.exists() and not root.is_dir():
+        raise PersonalError(f"--run {root} is a file, not a run folder")
+    if (root / "units").is_dir():
+        raise PersonalError(f"--run {root} holds a single-seed run; give the seeds or curve "
+                            "run its own folder")
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, root / "config.yaml")
+    Run(root).write_json(record_file, record)
+    for name, point_cfg in points.items():
+        logging.getLogger("personal").info("%s: %s", record_file.split(".")[0], root / name)
+        execute(point_cfg, root / name)
 
 
 def _safe(unit: str) -> str:

@@ -11,18 +11,13 @@ strategies over seeds and users when it finds `seeds.json`.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Callable
 
-from personal.config import Config, save_config, set_dotted
+from personal.config import Config, set_dotted
 from personal.errors import PersonalError
-from personal.experiment.runs import Run
+from personal.experiment.runs import SEEDS_FILE, Run, run_subruns
 from personal.strategies.registry import get_strategy
-
-log = logging.getLogger("personal")
-
-SEEDS_FILE = "seeds.json"
 
 
 def seed_run_name(seed: int) -> str:
@@ -56,29 +51,8 @@ def run_seeds(cfg: Config, run_path: str | Path, strategies: list[str],
     if len(cfg.run.seeds) < 1:
         raise PersonalError("run.seeds is empty: nothing to repeat (a plain run needs none)")
     points = {seed_run_name(s): seeded_config(cfg, s, strategies) for s in cfg.run.seeds}
-    record = {"seeds": list(cfg.run.seeds),
-              "runs": {str(s): seed_run_name(s) for s in cfg.run.seeds}}
-    run_subruns(cfg, run_path, points, SEEDS_FILE, record, execute)
+    run_subruns(cfg, run_path, points, SEEDS_FILE, {"seeds": list(cfg.run.seeds)}, execute)
     return report_from_run(Path(run_path))
-
-
-def run_subruns(cfg: Config, run_path: str | Path, points: dict[str, Config], record_file: str,
-                record: dict, execute: Callable[[Config, Path], Path]) -> None:
-    """The folder of a run over an axis (seeds, training sessions): its config, the record
-    naming its sub-runs, then `execute(point_cfg, RUN/<name>)` for each point in order.
-    Refuses a folder that holds a single run (its units would be mixed in)."""
-    root = Path(run_path)
-    if root.exists() and not root.is_dir():
-        raise PersonalError(f"--run {root} is a file, not a run folder")
-    if (root / "units").is_dir():
-        raise PersonalError(f"--run {root} holds a single-seed run; give the seeds or curve "
-                            "run its own folder")
-    root.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, root / "config.yaml")
-    Run(root).write_json(record_file, record)
-    for name, point_cfg in points.items():
-        log.info("%s: %s", record_file.split(".")[0], root / name)
-        execute(point_cfg, root / name)
 
 
 def seed_runs(run_path: str | Path) -> dict[int, Path]:
