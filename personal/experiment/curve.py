@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from personal.config import Config, set_dotted
-from personal.experiment.runs import CURVE_FILE, Run, run_subruns
+from personal.experiment.runs import CURVE_FILE, run_subruns, subrun_folders
 
 
 def curve_run_name(n: int) -> str:
@@ -32,7 +32,4 @@ def run_curve(cfg: Config, run_path: str | Path, strategies: list[str],
 
 def curve_runs(run_path: str | Path) -> dict[int, Path]:
     """{training sessions per user: sub-run folder} of a curve run, or {}."""
-    record = Run(Path(run_path)).read_json(CURVE_FILE)
-    if not record:
-        return {}
-    return {int(n): Path(run_path) / curve_run_name(int(n)) for n in record["sessions"]}
+    return subrun_folders(run_path, CURVE_FILE, "sessions", curve_run_name)

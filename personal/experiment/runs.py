@@ -210,6 +210,17 @@ def run_subruns(cfg: Config, run_path: str | Path, points: dict[str, Config], re
         execute(point_cfg, root / name)
 
 
+def subrun_folders(run_path: str | Path, record_file: str, key: str,
+                   name: Callable[[int], str]) -> dict[int, Path]:
+    """{point: sub-run folder} from the record `run_subruns` wrote (its integer points under
+    `key`), or {} when there is none. Folder names are rebuilt from the integers by `name`,
+    never taken from the file."""
+    record = Run(Path(run_path)).read_json(record_file)
+    if not record:
+        return {}
+    return {int(p): Path(run_path) / name(int(p)) for p in record[key]}
+
+
 def _safe(unit: str) -> str:
     return unit.replace("/", "__")
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 from personal.config import Config, set_dotted
 from personal.errors import PersonalError
-from personal.experiment.runs import SEEDS_FILE, Run, run_subruns
+from personal.experiment.runs import SEEDS_FILE, run_subruns, subrun_folders
 from personal.strategies.registry import get_strategy
 
 
@@ -57,8 +57,4 @@ def run_seeds(cfg: Config, run_path: str | Path, strategies: list[str],
 
 def seed_runs(run_path: str | Path) -> dict[int, Path]:
     """{seed: sub-run folder} of a seeds run, or {} for a single-seed run."""
-    record = Run(Path(run_path)).read_json(SEEDS_FILE)
-    if not record:
-        return {}
-    # folder names are rebuilt from the integer seeds, never taken from the file
-    return {int(s): Path(run_path) / seed_run_name(int(s)) for s in record["seeds"]}
+    return subrun_folders(run_path, SEEDS_FILE, "seeds", seed_run_name)
