@@ -292,15 +292,42 @@ def _strategy_name(name: str) -> str:
     return {"unified": "unified_lora"}.get(name, name)
 
 
-@app.command("eval", epilog="Example: personal eval runs/main --strategy unified_lora")
+@app.command("eval", epilog="Example: personal eval runs/main --strategy unified_lora "
+             "(or --data data/imported: users new to the run)")
 def evaluate(run: Path = typer.Argument(..., help="Run directory made by `personal train`."),
              strategy: List[str] = typer.Option(None, "--strategy", help="Strategies to "
                                                 "evaluate (default: every one trained in RUN)."),
              endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Evaluate a "
                                                     "served endpoint (`personal serve`) "
                                                     "of this run, e.g. http://127.0.0.1:8000."),
+             data: Optional[Path] = typer.Option(None, "--data", help="Score the run's "
+                                                 "strategies on another dataset folder's "
+                                                 "test turns instead; all its users are "
+                                                 "new to the run (cold-start)."),
+             out: Optional[Path] = typer.Option(None, "--out", help="With --data: where the "
+                                                "evaluation goes (default RUN/evals/<DATA "
+                                                "folder name>)."),
+             force: bool = typer.Option(False, "--force", help="With --data: replace an "
+                                        "earlier evaluation folder."),
              overrides: List[str] = OVERRIDES_ARG, quiet: bool = QUIET_OPT) -> None:
     """Evaluate trained strategies on every test turn and write metrics."""
+    if (out or force) and not data:
+        raise PersonalError("--out and --force go with --data (an evaluation on new data)")
+    if data and endpoint:
+        raise PersonalError("--data and --endpoint cannot be combined: --endpoint replays "
+                            "the run's own test turns")
+    if data:
+        from personal.experiment.new_data import evaluate_on_data
+        from personal.experiment.pipeline import trained_strategies
+
+        _logging(quiet)
+        cfg = _run_config(run, overrides)
+        names = [_strategy_name(s) for s in strategy] if strategy else trained_strategies(run)
+        if not names:
+            raise PersonalError(f"{run}: no trained strategy found (run `personal train` first)")
+        md = evaluate_on_data(run, cfg, data, names, out, force)
+        typer.echo(f"report: {md}")
+        return
     from personal.experiment.context import Context
     from personal.experiment.pipeline import evaluate_strategy, trained_strategies, train_strategy
 

@@ -104,6 +104,20 @@ def test_cold_start_users_join_the_nearest_cluster(make_styled_dataset):
     assert record["assignment"]["persona_001"] != record["assignment"]["persona_004"]
 
 
+def test_users_placed_at_predict_time_land_where_the_assignment_placed_them(
+        make_styled_dataset):
+    """`place_users` (a new population's users, `personal eval --data`) applies the
+    assignment's own cold-start rule: on the run's cold-start users it gives `placed`."""
+    ds = make_styled_dataset(users_per_archetype=3, sessions=10)
+    splits = make_splits(ds)
+    for pid in ("persona_001", "persona_004"):
+        splits[pid] = Split(train=[], val=list(range(8)), test=[8, 9], cold_start=True)
+    scfg = ClusterConfig(n_clusters=2)
+    record = assign_clusters(ds, splits, scfg)
+    again = cluster.place_users(ds, splits, scfg, record, ["persona_004", "persona_001"])
+    assert again == record["placed"] and len(set(again.values())) == 2
+
+
 def test_cold_start_users_do_not_move_the_clusters(make_styled_dataset):
     ds = make_styled_dataset(users_per_archetype=3, sessions=10)
     splits = make_splits(ds)

@@ -196,3 +196,63 @@ def test_a_learning_curve_trains_on_the_most_recent_sessions_and_plots_them(tiny
     assert abs(scores["unified_lora"]["1"]["emb_sim"] - unified_1) < 1e-12  # 3 warm users
     html = (root / "curve" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 1
+
+
+def test_a_finished_run_is_scored_on_new_users_from_an_imported_file(tiny_cfg, capsys):
+    """`personal eval RUN --data DIR`: the hand-written cleaned-dialogue file's users are
+    all new to the run; each strategy answers them by its cold-start rule (per-user
+    adapters' fallback, the nearest cluster, retrieval over their own sessions), and the
+    report's tables mark every user as cold-start."""
+    from pathlib import Path
+
+    from personal.cli import main
+    from personal.data.importer import write_import
+
+    cfg, root = tiny_cfg
+    run = root / "newdata"
+    names = ["base", "unified_lora", "per_user_lora", "cluster_lora", "retrieval"]
+    pipeline.run_plan(cfg, run, names)
+    assets = Path(__file__).parent / "assets" / "cleaned"
+    data = root / "imported"
+    write_import(assets / "dialogues.jsonl", assets / "splits.json", data)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+
+    def cli(*args):
+        with pytest.raises(SystemExit) as exc:
+            main(["eval", str(run), *args, "--quiet"])
+        return exc.value.code, capsys.readouterr().err
+
+    code, _ = cli("--data", str(data))
+    assert code == 0
+    out = run / "evals" / "imported"
+    record = json.loads((out / "new_data.json").read_text())
+    # the run's users are persona_000..002 too: DIR's users are renamed, never matched
+    assert {u["id"] for u in record["users"].values()} == {
+        "new_persona_000", "new_persona_001", "new_persona_002"}
+    assert all(u["cold_start"] for u in record["users"].values())
+    for name in names:
+        summary = json.loads((out / "metrics" / f"{name}_summary.json").read_text())
+        # persona_002 has no test session: the other two are scored, both cold-start
+        assert summary["cold_start_users"] == ["new_persona_000", "new_persona_001"]
+        assert summary["users"] == 2 and summary["examples"] > 0
+    preds = [json.loads(x) for x in (out / "predictions" / "retrieval.jsonl").open()]
+    assert {p["persona_id"] for p in preds} == {"new_persona_000", "new_persona_001"}
+    text = (out / "report.md").read_text()
+    assert "| persona_000 | new_persona_000 | yes |" in text
+    assert "| persona_002 | new_persona_002 | yes | 0 |" in text
+    assert "3 of the 3 users" in text and "Cold-start users" in text
+    # the run itself is only read: no file of it changed (the log this process attached to
+    # it earlier and the retrieval cache of the new users' memory aside)
+    after = {p: p.stat().st_mtime_ns for p in run.rglob("*")
+             if p.is_file() and p.relative_to(run).parts[0] not in ("evals", "retrieval", "logs")}
+    assert {p: t for p, t in before.items() if p in after} == after
+
+    code, err = cli("--data", str(data))                       # again: refused
+    assert code == 2 and "exists: pass --force" in err
+    code, err = cli("--data", str(root / "nowhere"))
+    assert code == 2 and "not a dataset folder" in err
+    code, err = cli("--data", str(data), "--strategy", "hybrid_lora", "--out",
+                    str(root / "other"))
+    assert code == 2 and "hybrid_lora (unfinished" in err and not (root / "other").exists()
+    code, err = cli("--out", str(root / "x"))
+    assert code == 2 and "--out and --force go with --data" in err

@@ -147,6 +147,23 @@ def test_two_classes_fit_a_classifier_and_route_the_rest(ctx, monkeypatch):
     assert record["chosen"] == ("hybrid_lora" if record["probability"] > 0.5 else "unified_lora")
 
 
+def test_meta_choices_refit_at_predict_time_repeat_the_recorded_ones(ctx, monkeypatch):
+    """Users without a decision (a new population, `personal eval --data`) are routed by the
+    meta-classifier fitted again on the run's validation decisions: on the run's own
+    cold-start user it repeats what the decide unit recorded."""
+    winner = decided_users(ctx)[0]
+    fake(monkeypatch, unified, "U", lambda e: WRONG if e.persona_id == winner else e.target, [])
+    fake(monkeypatch, hybrid, "H", lambda e: e.target if e.persona_id == winner else WRONG, [])
+    decisions, meta = run_decide(ctx)
+    cold = cold_user(ctx)
+    assert selective.meta_choices(ctx, SelectiveConfig(), [cold]) == {
+        cold: decisions["users"][cold]["chosen"]}
+    _, probs = selective.meta_route(ctx, SelectiveConfig(), {
+        p: u["chosen"] == "hybrid_lora" for p, u in decisions["users"].items()
+        if u["source"] == "validation"}, [cold])
+    assert probs[cold] == decisions["users"][cold]["probability"]
+
+
 @pytest.mark.parametrize("model", ["logistic", "gradient_boosting"])
 def test_meta_classifier_cross_validation_against_the_majority_baseline(model):
     rng = np.random.default_rng(0)

@@ -121,6 +121,11 @@ class Context:
     fleet_backend: Optional[Callable] = None
     """Where fleets of adapters train: None in this process; the Ray executor sets Ray
     Train's (`personal.distributed.fleet.ray_backend`), so strategies never import Ray."""
+    population: str = ""
+    """Fingerprint of a population the run never saw, joined to the run's data as cold-start
+    users by `personal eval RUN --data DIR` (`experiment.new_data`); empty in a run. Per-user
+    state a strategy derives at predict time (a retrieval index, a cluster placement) is
+    keyed by it, so two such populations never share a cached file."""
 
     @classmethod
     def create(cls, cfg: Config, run_path: str | Path) -> "Context":

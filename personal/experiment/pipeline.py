@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 from personal.config import Config
 from personal.eval.metrics import macro_mean, noise_ceiling, per_user_means, score_examples
@@ -111,8 +112,11 @@ def evaluate_noise_ceiling(ctx: Context) -> dict:
                             ["metrics/noise_ceiling.json"] if has_alt else [])
 
 
-def write_evaluation(ctx: Context, name: str, examples, predictions, gen_seconds: float) -> dict:
-    """Score predictions; write per-example records, per-user means (CSV + JSON), summary."""
+def write_evaluation(ctx: Context, name: str, examples, predictions, gen_seconds: float,
+                     out: Optional[Run] = None) -> dict:
+    """Score predictions; write per-example records, per-user means (CSV + JSON), summary
+    into the run (or `out`: an evaluation of the run on new data)."""
+    out = out or ctx.run
     scores = score_examples(predictions, [e.target for e in examples],
                             [e.actions for e in examples],
                             tolerance=ctx.cfg.eval.numeric_tolerance)
@@ -121,18 +125,18 @@ def write_evaluation(ctx: Context, name: str, examples, predictions, gen_seconds
         records.append({"persona_id": e.persona_id, "session_id": e.session_id,
                         "turn_index": e.turn_index, "prompt_hash": prompt_hash(e),
                         "prediction": pred, "reference": e.target, **sc})
-    pred_path = ctx.run.path / "predictions" / f"{name}.jsonl"
+    pred_path = out.path / "predictions" / f"{name}.jsonl"
     with open(pred_path, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     per_user = per_user_means(records)
-    write_per_user_csv(ctx.run.path / "metrics" / f"{name}_per_user.csv", per_user)
-    ctx.run.write_json(f"metrics/{name}_per_user.json", per_user)
+    write_per_user_csv(out.path / "metrics" / f"{name}_per_user.csv", per_user)
+    out.write_json(f"metrics/{name}_per_user.json", per_user)
     cold = sorted(u for u in per_user if u in ctx.splits and ctx.splits[u].cold_start)
     summary = {"strategy": name, "users": len(per_user), "examples": len(records),
                "generation_seconds": gen_seconds, "macro": macro_mean(per_user),
                "cold_start_users": cold}
-    ctx.run.write_json(f"metrics/{name}_summary.json", summary)
+    out.write_json(f"metrics/{name}_summary.json", summary)
     log.info("%s: %s", name, {k: round(v, 4) for k, v in summary["macro"].items()
                               if k in ("emb_sim", "device_precision", "param_f1")})
     return summary

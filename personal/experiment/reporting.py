@@ -19,6 +19,8 @@ from personal.experiment.runs import Run
 from personal.experiment.seeds import seed_runs
 
 SPREAD_FILE = "seed_spread.json"
+#: `personal eval RUN --data DIR` writes it (experiment.new_data.RECORD): report that kind.
+NEW_DATA_RECORD = "new_data.json"
 
 
 def collect_metrics(run: Run) -> tuple[dict, dict, set[str]]:
@@ -114,6 +116,9 @@ def report_from_run(run_path: Path) -> Path:
     (`seeds.json`) is compared over its seeds and users."""
     run = Run(run_path)
     cfg = load_config(run.path / "config.yaml")
+    new_data = run.read_json(NEW_DATA_RECORD)
+    if new_data:
+        return _report_new_data(run, cfg, new_data)
     subs = seed_runs(run.path)
     if subs:
         return _report_seeds(run, cfg, subs)
@@ -143,6 +148,46 @@ def report_from_run(run_path: Path) -> Path:
         lines += plan_time_lines(run.read_json("timings.json"))
         md.write_text(md.read_text(encoding="utf-8") + "\n".join(lines) + "\n", encoding="utf-8")
     return md
+
+
+def _report_new_data(run: Run, cfg: Config, record: dict) -> Path:
+    """The report of `personal eval RUN --data DIR`: every user is new to the run, so every
+    row is a cold-start row; the table of users says so, user by user."""
+    summary, per_user, cold_users = collect_metrics(run)
+    if not summary:
+        raise PersonalError(f"{run.path}: no strategy evaluated on the new data yet")
+    reference = _reference(cfg, summary)
+    rows = compare(per_user, reference, **_compare_options(cfg))
+    run.write_json("comparisons.json", rows_as_records(rows))
+    extra, _ = _cold_section(per_user, reference)
+    extra.append(("Users", users_table(record["users"], per_user[reference]),
+                  f"Every user of {record['data']}, as named there and here (ids the run "
+                  "also uses are renamed); a user without test turns is not scored."))
+    costs = collect_costs(run, list(summary))
+    extra += _cost_section(costs)
+    users = record["users"].values()
+    note = (f"{sum(u['cold_start'] for u in users)} of the {len(users)} users of "
+            f"{record['data']} are new to the run {record['run']} (cold-start: all of them, "
+            "by design): no strategy trained on them, each answered them by its rule for a "
+            f"new user; {len(cold_users)} have test turns and are scored.")
+    md, _ = write_report(summary, per_user, rows, run.path, costs=costs, reference=reference,
+                         title=f"{Path(record['run']).name} on new data: "
+                               f"{Path(record['data']).name}",
+                         notes=[note], extra_tables=extra, **_report_options(cfg))
+    return md
+
+
+def users_table(users: dict[str, dict], reference_scores: dict,
+                metric: str = "emb_sim") -> list[list[str]]:
+    """One row per user of the new data: its id there and here, cold-start or not, its
+    scored turns and the reference's score on it."""
+    table = [["user in the data", "user here", "cold-start", "test turns",
+              f"reference {metric}"]]
+    for original, u in users.items():
+        score = reference_scores.get(u["id"], {}).get(metric)
+        table.append([original, u["id"], "yes" if u["cold_start"] else "no",
+                      str(u["test_turns"]), "\u2014" if score is None else f"{score:.4f}"])
+    return table
 
 
 def _report_seeds(run: Run, cfg: Config, subs: dict[int, Path]) -> Path:

@@ -320,6 +320,22 @@ def assign_clusters(ds: Dataset, splits: Splits, scfg: ClusterConfig) -> dict:
                            "embed_turns": scfg.embed_turns, "dims": int(x.shape[1])}}
 
 
+def place_users(ds: Dataset, splits: Splits, scfg: ClusterConfig, record: dict,
+                personas: Sequence[str]) -> dict[str, str]:
+    """persona -> cluster for users the assignment never saw (a new population joined to the
+    run's data as cold-start users): the rule of `assign_clusters` for cold-start users, the
+    nearest centroid of the clustered users' rows. Their rows are standardized over the
+    clustered users only, so they come out as when the clusters were fit."""
+    ids, x = user_matrix(ds, splits, scfg)
+    names = sorted(record["clusters"])
+    label = {p: names.index(c) for c, members in record["clusters"].items() for p in members}
+    fit = np.array([p in label for p in ids])
+    labels = np.array([label[p] for p in ids if p in label])
+    rows = [ids.index(p) for p in personas]
+    placed = nearest_centroid(x[rows], centroids(x[fit], labels)) if rows else []
+    return {p: names[c] for p, c in zip(personas, placed)}
+
+
 def describe_assignment(record: dict) -> str:
     """A few lines for people: the chosen k, every candidate's silhouette, the clusters."""
     fmt = lambda s: "n/a" if s is None else f"{s:.3f}"  # noqa: E731
@@ -459,6 +475,10 @@ def routing_table(record: dict, deltas: dict[str, list[str]]
 
 def predictor(ctx, scfg: ClusterConfig):
     record = read_assignment(ctx, scfg)
+    unseen = [p for p in ctx.eval_personas() if p not in record["assignment"]]
+    if unseen:  # a new population (`personal eval --data`): placed as cold-start users are
+        placed = place_users(ctx.dataset, ctx.splits, scfg, record, unseen)
+        record = {**record, "assignment": {**record["assignment"], **placed}}
     deltas = {c: sorted(user_groups(ctx, "train", members))
               for c, members in record["clusters"].items()} if scfg.user_deltas else {}
     folders, slot = routing_table(record, deltas)

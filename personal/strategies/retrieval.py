@@ -122,15 +122,20 @@ def uses_index(scfg: RetrievalConfig) -> bool:
 
 def memory_personas(ctx, trained: bool) -> list[str]:
     """Users whose exchanges are indexed: the evaluated ones, plus the training users when
-    an adapter is trained on retrieval prompts (dataset order)."""
-    wanted = set(ctx.eval_personas()) | (set(ctx.training_personas()) if trained else set())
+    an adapter is trained on retrieval prompts (dataset order). A new population
+    (`ctx.population`) is all cold-start: each turn retrieves from its own user's memory, so
+    its prompts need only the new users' exchanges, not the training users' again."""
+    train_too = trained and not ctx.population
+    wanted = set(ctx.eval_personas()) | (set(ctx.training_personas()) if train_too else set())
     return [p.persona_id for p in ctx.dataset.personas if p.persona_id in wanted]
 
 
 # --- The index unit -------------------------------------------------------------------------
 
 def index_inputs(ctx, personas: list[str]) -> str:
-    return stable_hash("retrieval/index", ctx.fingerprint, personas, INDEX_RECIPE)
+    # a new population's users may reuse the names of another's: its fingerprint keys it
+    extra = [ctx.population] if ctx.population else []
+    return stable_hash("retrieval/index", ctx.fingerprint, personas, INDEX_RECIPE, *extra)
 
 
 def index_path(ctx, personas: list[str]) -> Path:

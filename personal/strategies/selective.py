@@ -212,20 +212,31 @@ def _clean(scores: dict[str, float]) -> dict[str, Optional[float]]:
 def route_undecided(ctx, scfg: SelectiveConfig, users: dict[str, dict]) -> dict:
     """Fit the meta-classifier on the decided users' features and add a `meta_classifier`
     entry to `users` for every other user in the splits; returns the classifier report."""
-    feats = user_features(ctx.dataset, ctx.splits)
-    decided = [p for p in feats.persona_ids if p in users]
-    others = [p for p in feats.persona_ids if p not in users]
-    labels = np.array([users[p]["chosen"] == scfg.candidate for p in decided], dtype=int)
-    rows = [feats.persona_ids.index(p) for p in decided]
-    report, predict = fit_meta_classifier(feats.matrix[rows], labels, scfg)
-    probs = predict(feats.matrix[[feats.persona_ids.index(p) for p in others]])
-    for p, prob in zip(others, probs):
+    decided = {p: u["chosen"] == scfg.candidate for p, u in users.items()}
+    others = [p for p in ctx.splits if p not in users]
+    report, probs = meta_route(ctx, scfg, decided, others)
+    for p, prob in probs.items():
         users[p] = {"chosen": scfg.candidate if prob > 0.5 else REFERENCE,
-                    "source": "meta_classifier", "probability": float(prob),
+                    "source": "meta_classifier", "probability": prob,
                     "cold_start": bool(ctx.splits[p].cold_start)}
-    report["predictions"] = {p: users[p]["chosen"] for p in others}
+    report["predictions"] = {p: users[p]["chosen"] for p in probs}
     report["labels"] = {"0": REFERENCE, "1": scfg.candidate}
     return report
+
+
+def meta_route(ctx, scfg: SelectiveConfig, decided: dict[str, bool], others: list[str]
+               ) -> tuple[dict, dict[str, float]]:
+    """(classifier report, {user: P(candidate)} for `others`): the meta-classifier fitted on
+    the features of the users decided on validation (`decided`: user -> candidate won).
+    Deterministic for the same users and seed, so it can be fitted again at predict time for
+    users the decide unit never saw (a new population joined by `personal eval --data`)."""
+    feats = user_features(ctx.dataset, ctx.splits)
+    rows = [i for i, p in enumerate(feats.persona_ids) if p in decided]
+    labels = np.array([decided[feats.persona_ids[i]] for i in rows], dtype=int)
+    report, predict = fit_meta_classifier(feats.matrix[rows], labels, scfg)
+    order = [p for p in feats.persona_ids if p in set(others)]
+    probs = predict(feats.matrix[[feats.persona_ids.index(p) for p in order]])
+    return report, {p: float(prob) for p, prob in zip(order, probs)}
 
 
 # --- The meta-classifier ------------------------------------------------------------------
@@ -302,6 +313,17 @@ def load_routes(ctx) -> dict[str, str]:
     return {p: u["chosen"] for p, u in decisions["users"].items()}
 
 
+def meta_choices(ctx, scfg: SelectiveConfig, personas: list[str]) -> dict[str, str]:
+    """persona -> chosen strategy for users without a decision, by the meta-classifier
+    refitted on the run's validation decisions (the decide unit's rule for cold-start
+    users)."""
+    decisions = ctx.run.read_json(DECISIONS)
+    decided = {p: u["chosen"] == decisions["candidate"] for p, u in decisions["users"].items()
+               if u["source"] == "validation"}
+    _, probs = meta_route(ctx, scfg, decided, personas)
+    return {p: decisions["candidate"] if prob > 0.5 else REFERENCE for p, prob in probs.items()}
+
+
 def predictor(ctx, scfg: SelectiveConfig):
     """Each example answered by its user's chosen strategy: examples grouped by choice, each
     group taken from that strategy's own finished evaluation in this run when it holds them
@@ -309,6 +331,9 @@ def predictor(ctx, scfg: SelectiveConfig):
     called once on the group (built on first use); then put back in input order."""
     check_config(scfg)
     routes = load_routes(ctx)
+    unseen = [p for p in ctx.eval_personas() if p not in routes]
+    if unseen:  # a new population (`personal eval --data`): routed as cold-start users are
+        routes.update(meta_choices(ctx, scfg, unseen))
     predictors: dict[str, Callable] = {}
 
     def route(e: Example) -> str:
