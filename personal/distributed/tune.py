@@ -227,5 +227,84 @@ def write_results(out: Path, rows: list[dict], keys: list[str], metric: str) -> 
     return paths
 
 
+def marginal_means(rows: list[dict], keys: list[str], metric: str
+                   ) -> dict[str, list[tuple[Any, float]]]:
+    """Per ablated key: (value, mean metric over the trials with that value), for numeric
+    and categorical values alike, in the grid's order of values. Failed trials (no metric)
+    are left out of the means, not counted as zero."""
+    out = {}
+    for key in keys:
+        values: list = []
+        for r in rows:
+            if r[key] not in values:
+                values.append(r[key])
+        points = []
+        for v in values:
+            scores = [r[metric] for r in rows if r[key] == v and _finite(r.get(metric))]
+            if scores:
+                points.append((v, sum(scores) / len(scores)))
+        out[key] = points
+    return out
+
+
+def ablation_markdown(rows: list[dict], keys: list[str], metric: str, *, title: str,
+                      command: str, setup: str) -> str:
+    """The committed record of one sweep: how it was made, the best trial, each setting's
+    mean effect, and every trial ranked by `metric`."""
+    done = [r for r in rows if _finite(r.get(metric))]
+    failed = [r for r in rows if not _finite(r.get(metric))]
+    done.sort(key=lambda r: -r[metric])
+    lines = [f"# {title}", "", setup, "", "```", command, "```", ""]
+    if done:
+        best = done[0]
+        lines += [f"Best of {len(done)} trials: " + ", ".join(f"`{k}={best[k]}`" for k in keys)
+                  + f" ({metric} {best[metric]:.4f} on the validation split; the worst "
+                  f"{done[-1][metric]:.4f}).", ""]
+    lines += ["## Mean effect of each setting", "",
+              f"Mean {metric} over every trial with that value (the other settings vary).", ""]
+    for key, points in marginal_means(rows, keys, metric).items():
+        lines += [f"- `{key}`: " + ", ".join(f"{v} → {m:.4f}" for v, m in points)]
+    lines += ["", "![mean effect of each setting](ablations.png)", "", "## Every trial", ""]
+    extra = [c for c in ("device_precision", "param_f1") if any(c in r for r in done)]
+    lines += ["| " + " | ".join(keys + [metric] + extra) + " |",
+              "|" + "---|" * (len(keys) + 1 + len(extra))]
+    for r in done:
+        cells = [str(r[k]) for k in keys] + [f"{r[metric]:.4f}"] + \
+            [f"{r[c]:.4f}" if _finite(r.get(c)) else "—" for c in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    for r in failed:
+        lines.append("| " + " | ".join([str(r[k]) for k in keys] + ["failed: " +
+                                        str(r.get("error", "no metric"))[:80]] +
+                                       [""] * len(extra)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_ablation_doc(out: Path, rows: list[dict], keys: list[str], metric: str, *,
+                       title: str, command: str, setup: str) -> list[Path]:
+    """`README.md` (see `ablation_markdown`), `ablations.png` and `results.csv` of one
+    sweep into `out` (e.g. docs/ablations/cluster/); returns the files written."""
+    import base64
+
+    from personal.eval.report import marginal_bars
+
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "README.md"
+    md.write_text(ablation_markdown(rows, keys, metric, title=title, command=command,
+                                    setup=setup), encoding="utf-8")
+    written = [md]
+    marginals = {k: v for k, v in marginal_means(rows, keys, metric).items() if v}
+    if marginals:
+        png = out / "ablations.png"
+        png.write_bytes(base64.b64decode(marginal_bars(marginals, metric)))
+        written.append(png)
+    columns = keys + ["trial"] + sorted({c for r in rows for c in r} - set(keys) - {"trial"}
+                                        - {"trial_run"})
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return written + [out / "results.csv"]
+
+
 def grid_size(grid: dict[str, list]) -> int:
     return len(list(itertools.product(*grid.values())))

@@ -264,6 +264,25 @@ def ablation_curves(ablations: dict[str, Sequence[tuple[float, float]]], metric:
     return _png(fig)
 
 
+def marginal_bars(marginals: dict[str, Sequence[tuple[Any, float]]], metric: str) -> str:
+    """Base64 PNG: one panel per ablated setting, the mean `metric` at each of its values
+    (over every combination of the others), numeric or not; the panels share a y range so
+    their effects compare at a glance."""
+    fig, axes = _grid(len(marginals))
+    values = [v for points in marginals.values() for _, v in points]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    pad = max((hi - lo) * 0.15, 1e-3)
+    for ax, (name, points) in zip(axes, marginals.items()):
+        labels = [str(x) for x, _ in points]
+        ax.bar(range(len(points)), [v for _, v in points], color="#4C72B0")
+        ax.set_xticks(range(len(points)), labels, rotation=30 if len(labels) > 4 else 0)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_title(name.rsplit(".", 1)[-1])
+        ax.set_ylabel(f"mean {metric}")
+        ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
 def curve_plot(curves: dict[str, Sequence[tuple[float, float]]], metric: str,
                xlabel: str = "training sessions per user") -> str:
     """Base64 PNG: one line per strategy, score against the varied size (one panel)."""
