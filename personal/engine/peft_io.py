@@ -52,6 +52,59 @@ def export_peft(model: nn.Module, k: int, out_dir: Union[str, Path],
     return out
 
 
+def _module_of(key: str) -> str:
+    """`base_model.model.<module>.lora_A.weight` -> `<module>`."""
+    return key[len("base_model.model."):].rsplit(".lora_", 1)[0]
+
+
+@torch.no_grad()
+def merge_peft(model: nn.Module, folder: Union[str, Path]) -> nn.Module:
+    """Add a peft LoRA folder's update into the model's own linear weights (W += s * B @ A,
+    s = alpha / r, computed in fp32): the model then answers as base + that adapter with no
+    LoRA path, and a stack injected afterwards trains a residual on top of it. Where a
+    stack is already injected, its frozen base layer takes the update."""
+    weights = import_peft([folder])
+    state, scaling = weights.adapter(0), weights.alpha / weights.rank
+    for key in sorted(k for k in state if k.endswith(".lora_A.weight")):
+        module = model.get_submodule(_module_of(key))
+        linear = getattr(module, "base", module)
+        if not isinstance(linear, nn.Linear):
+            raise PersonalError(f"{folder}: {_module_of(key)} is not a linear layer")
+        a, b = state[key].float(), state[key.replace(".lora_A.", ".lora_B.")].float()
+        update = (b.to(linear.weight.device) @ a.to(linear.weight.device)) * scaling
+        linear.weight.add_(update.to(linear.weight.dtype))
+    return model
+
+
+def concat_peft(parts: Sequence[tuple[dict[str, torch.Tensor], float]],
+                out_dir: Union[str, Path], target_modules: Sequence[str],
+                base_model_name_or_path: Optional[str] = None) -> Path:
+    """Write one peft LoRA folder whose update is the sum of `parts`' updates, each part a
+    (state in peft keys, its scaling alpha / r): the ranks are concatenated (A stacked, the
+    B side by side, each times its part's scaling) and lora_alpha equals the total rank, so
+    the folder's own scaling is 1 and B @ A = sum of s_i * B_i @ A_i exactly. Any peft
+    loader (vLLM, LoRAX, `PeftModel`) then serves the sum as one adapter."""
+    from peft import LoraConfig
+
+    keys = sorted(parts[0][0])
+    for state, _ in parts[1:]:
+        if sorted(state) != keys:
+            raise PersonalError("concat_peft: the parts adapt different modules")
+    merged = {}
+    for key in keys:
+        pieces = [state[key].float() * (scale if ".lora_B." in key else 1.0)
+                  for state, scale in parts]
+        merged[key] = torch.cat(pieces, dim=1 if ".lora_B." in key else 0).contiguous()
+    rank = int(merged[next(k for k in keys if k.endswith(".lora_A.weight"))].shape[0])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=list(target_modules),
+               task_type="CAUSAL_LM", base_model_name_or_path=base_model_name_or_path,
+               bias="none").save_pretrained(str(out))
+    save_file(merged, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    return out
+
+
 def import_peft(dirs: Sequence[Union[str, Path]]) -> StackedWeights:
     """Read peft LoRA folders (one rank, alpha and key set) into stacked weights [K, ...].
 

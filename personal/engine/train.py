@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from personal.config import TrainConfig
@@ -26,7 +27,7 @@ from personal.engine.prompts import build_inputs, prompt_tables
 from personal.engine.sampler import (IGNORE, adapter_batches, check_examples, collate, pack_rows,
                                      pass_cost, target_count)
 from personal.engine.stacked_lora import (StackedWeights, adapter_rows, get_routing,
-                                          load_adapter_state, stacked_parameters)
+                                          load_adapter_state, lora_layers, stacked_parameters)
 from personal.errors import PersonalError
 from personal.models.core import (BestTracker, default_group, lr_factor, squared_distance,
                                   warmup_steps)
@@ -47,7 +48,8 @@ class AdapterRun:
     train_losses: list[float] = field(default_factory=list)   # per step, weighted sum of terms
     val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
     term_losses: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    """(step, unweighted value) per loss term: `lm` (token mean), `l2_to_reference`."""
+    """(step, unweighted value) per loss term: `lm` (token mean), `l2_to_reference`,
+    `delta_norm`, `kd`."""
 
 
 @dataclass
@@ -79,6 +81,9 @@ class _State:
     param_scale: Optional[list[float]] = None     # lr multiplier per parameter (its group's)
     l2_ref: Optional[dict[str, torch.Tensor]] = None
     l2_lambda: float = 0.0
+    delta_lambda: float = 0.0
+    kd_weight: float = 0.0
+    kd_temperature: float = 1.0
     examples: int = 0
     tokens: int = 0
 
@@ -88,7 +93,8 @@ def train_stacked(model: nn.Module, datasets: Sequence[Sequence[dict]], cfg: Tra
                   lrs: Optional[Sequence[float]] = None,
                   adapter_seeds: Optional[Sequence[int]] = None,
                   init_from: Optional[AdapterRef] = None, l2_to: Optional[AdapterRef] = None,
-                  l2_lambda: float = 0.0, micro_batch_rows: int = 64, pad_token_id: int = 0,
+                  l2_lambda: float = 0.0, delta_lambda: float = 0.0, kd_weight: float = 0.0,
+                  kd_temperature: float = 1.0, micro_batch_rows: int = 64, pad_token_id: int = 0,
                   on_step: Optional[Callable[[int, list[int]], None]] = None,
                   check_start: bool = False,
                   group_lr_scale: Optional[dict[str, float]] = None,
@@ -105,6 +111,13 @@ def train_stacked(model: nn.Module, datasets: Sequence[Sequence[dict]], cfg: Tra
       folder) copied into every slot, or StackedWeights, one per slot (hybrid strategies).
     l2_to / l2_lambda: the `l2_to_reference` term, l2_lambda * ||theta_k - ref||^2, added to
       adapter k's loss (constrained).
+    delta_lambda: the `delta_norm` term, delta_lambda * sum over layers of ||s * B_k A_k||_F^2,
+      adapter k's effective weight change (a residual held near whatever the base already
+      is; penalising A and B apart is a poor proxy: many factor pairs give one update).
+    kd_weight / kd_temperature: the `kd` term, kd_weight * T^2 * KL(teacher || adapter k)
+      per target token at temperature T, the teacher being the stack's own base (every row
+      at -1, in eval mode): with an adapter merged into the base (`merge_peft`), the
+      residual is distilled toward that adapter's next-token distribution.
     val_datasets: enables validation, early stopping and keeping each adapter's best weights.
     check_start: also validate before the first step, so an adapter never ends worse on val
       than it started (as `train_loop` does); off by default: one more validation pass.
@@ -114,6 +127,7 @@ def train_stacked(model: nn.Module, datasets: Sequence[Sequence[dict]], cfg: Tra
     """
     st = _setup(model, datasets, cfg, val_datasets, lrs, adapter_seeds, init_from, l2_to,
                 l2_lambda, micro_batch_rows, pad_token_id)
+    _set_constraints(st, delta_lambda, kd_weight, kd_temperature)
     st.param_scale = _param_scale(st.params, group_lr_scale, group_of)
     t0 = time.perf_counter()
     was_training = model.training
@@ -170,6 +184,20 @@ def _setup(model, datasets, cfg, val_datasets, lrs, adapter_seeds, init_from, l2
     st.tracker = BestTracker(st.runs, cfg.patience, lambda j: _snapshot(st, j),
                              lambda j, weights: _load_slot(st, j, weights))
     return st
+
+
+def _set_constraints(st: _State, delta_lambda: float, kd_weight: float,
+                     kd_temperature: float) -> None:
+    for name, value in (("delta_lambda", delta_lambda), ("kd_weight", kd_weight)):
+        if not value >= 0:
+            raise PersonalError(f"{name} must be >= 0, got {value}")
+    if not kd_temperature > 0:
+        raise PersonalError(f"kd_temperature must be > 0, got {kd_temperature}")
+    if kd_weight > 0 and prompt_tables(st.model) is not None:
+        raise PersonalError("the kd term's teacher is the stack's base (rows -1), which has no "
+                            "place for prompt tables; distil a LoRA-only stack")
+    st.delta_lambda, st.kd_weight = float(delta_lambda), float(kd_weight)
+    st.kd_temperature = float(kd_temperature)
 
 
 def _snapshot(st: _State, k: int) -> dict[str, torch.Tensor]:
@@ -232,19 +260,31 @@ def _train_step(st: _State, active: list[int]) -> None:
               for k, b in batches.items()}
     rows = [(k, st.datasets[k][i]) for k in active for i in batches[k]]
     losses = torch.zeros(len(st.runs), device=st.device)
+    kd = torch.zeros(len(st.runs), device=st.device) if st.kd_weight > 0 else None
     for chunk in pack_rows(rows, st.micro_batch_rows, pass_cost(st.device)):
         batch = collate(chunk, st.pad_token_id, st.device)
         scale = torch.tensor([1.0 / counts[k] for k, _ in chunk], device=st.device)
-        total, sums = _row_losses(st.model, batch, scale)
+        if kd is None:
+            total, sums = _row_losses(st.model, batch, scale)
+        else:
+            total, sums, kd_sums = _row_losses_kd(st, batch, scale)
+            kd.index_add_(0, batch["adapters"], kd_sums * scale)
         total.backward()
         losses.index_add_(0, batch["adapters"], sums * scale)
         st.examples += len(chunk)
         st.tokens += int(batch["attention_mask"].sum())
     idx = torch.tensor(active, device=st.device)
-    l2 = None
+    terms: dict[str, tuple[float, list[float]]] = {}
+    if kd is not None:
+        terms["kd"] = (st.kd_weight, kd[idx].tolist())
     if st.l2_ref is not None:
         l2 = _l2_distances(st, idx)
         (st.l2_lambda * l2.sum()).backward()
+        terms["l2_to_reference"] = (st.l2_lambda, l2.tolist())
+    if st.delta_lambda > 0:
+        delta = _delta_norms(st.model, idx)
+        (st.delta_lambda * delta.sum()).backward()
+        terms["delta_norm"] = (st.delta_lambda, delta.tolist())
     params = list(st.params.values())
     for p in params:
         if p.grad is None:
@@ -259,21 +299,36 @@ def _train_step(st: _State, active: list[int]) -> None:
     st.opt.step(active, lrs, st.param_scale)
     for p in params:
         p.grad = None
-    _log_step(st, active, losses[idx].tolist(), None if l2 is None else l2.tolist())
+    _log_step(st, active, losses[idx].tolist(), terms)
 
 
 def _log_step(st: _State, active: list[int], lm: list[float],
-              l2: Optional[list[float]]) -> None:
-    """Each active adapter's step: its term values and their weighted sum."""
+              terms: dict[str, tuple[float, list[float]]]) -> None:
+    """Each active adapter's step: its term values (name -> (weight, values)) and their
+    weighted sum."""
     for i, k in enumerate(active):
         run = st.runs[k]
         run.steps += 1
         run.term_losses.setdefault("lm", []).append((run.steps, lm[i]))
         total = lm[i]
-        if l2 is not None:
-            run.term_losses.setdefault("l2_to_reference", []).append((run.steps, l2[i]))
-            total += st.l2_lambda * l2[i]
+        for name, (weight, values) in terms.items():
+            run.term_losses.setdefault(name, []).append((run.steps, values[i]))
+            total += weight * values[i]
         run.train_losses.append(total)
+
+
+def _delta_norms(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    """sum over layers of ||s * B_k A_k||_F^2 per active adapter [len(idx)], in fp32, through
+    the r x r Gram matrices: ||BA||^2 = tr((B^T B)(A A^T)), never the out x in product."""
+    total = None
+    for layer in lora_layers(model):
+        a = layer.lora_A.index_select(0, idx).float()
+        b = layer.lora_B.index_select(0, idx).float()
+        d = ((a @ a.transpose(1, 2)) * (b.transpose(1, 2) @ b)).sum((1, 2)) * layer.scaling ** 2
+        total = d if total is None else total + d
+    if total is None:
+        raise PersonalError("delta_norm: the model has no LoRA layers")
+    return total
 
 
 def _l2_distances(st: _State, idx: torch.Tensor) -> torch.Tensor:
@@ -283,6 +338,34 @@ def _l2_distances(st: _State, idx: torch.Tensor) -> torch.Tensor:
               ref.index_select(0, idx) if ref.shape[0] > 1 else ref)
              for key, ref in st.l2_ref.items())
     return squared_distance(pairs, per_slot=True)
+
+
+def _row_losses_kd(st: _State, batch: dict[str, torch.Tensor], row_scale: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_row_losses` plus the kd term: (sum over rows of row_scale * (CE + kd_weight * KD),
+    each row's summed CE [rows], each row's summed KD [rows]; both detached). All logits
+    at the targets are needed here, so this is the unfused path."""
+    model, temp = st.model, st.kd_temperature
+    labels = batch["labels"][:, 1:]
+    sel = labels != IGNORE
+    rows = sel.nonzero()[:, 0]
+    plain = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with adapter_rows(model, batch["adapters"]):
+        inputs = build_inputs(model, **plain)
+        logits = model(**inputs, use_cache=False).logits[:, :-1][sel].float()
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), adapter_rows(model, torch.full_like(batch["adapters"], -1)):
+        teacher = model(**build_inputs(model, **plain), use_cache=False).logits[:, :-1][sel]
+    model.train(was_training)
+    ce = F.cross_entropy(logits, labels[sel], reduction="none")
+    t_log = F.log_softmax(teacher.float() / temp, dim=-1)
+    kl = (t_log.exp() * (t_log - F.log_softmax(logits / temp, dim=-1))).sum(-1) * temp ** 2
+    weight = row_scale[rows]
+    total = (weight * (ce + st.kd_weight * kl)).sum()
+    zeros = torch.zeros(labels.shape[0], device=ce.device)
+    return (total, zeros.index_add(0, rows, ce.detach()),
+            zeros.index_add(0, rows, kl.detach()))
 
 
 def _row_losses(model: nn.Module, batch: dict[str, torch.Tensor],

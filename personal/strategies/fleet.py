@@ -30,7 +30,8 @@ from torch import nn
 
 from personal.config import TrainConfig, from_dict
 from personal.data.schema import Example
-from personal.engine import attach_prompts, export_peft, inject_stacked_lora, train_stacked
+from personal.engine import (adapter_state, attach_prompts, concat_peft, export_peft, import_peft,
+                             inject_stacked_lora, merge_peft, train_stacked)
 from personal.engine.prompts import prompt_tables
 from personal.engine.stacked_lora import lora_layers
 from personal.data.safety import check_name, child_path
@@ -57,6 +58,20 @@ class FleetSpec:
     """Schedule of every adapter of the fleet; None uses the run's `train` section."""
     l2_lambda: float = 0.0
     """Pull each adapter toward `init_from`: adds l2_lambda * ||theta - init||^2 to its loss."""
+    rank: Optional[int] = None
+    """LoRA rank of the fleet's adapters (None: the run's lora.rank)."""
+    merge_from: Optional[str] = None
+    """Run-relative peft folder merged into the base before the stack is injected (W += s B A):
+    each adapter is then a residual on top of it that starts exactly there (B = 0), and is
+    exported as merge_from + residual in one standard peft folder (ranks concatenated)."""
+    delta_lambda: float = 0.0
+    """Weight of the `delta_norm` term: delta_lambda * ||s B A||^2 of each adapter's own
+    effective weight change (with merge_from: its distance from that adapter)."""
+    kd_weight: float = 0.0
+    """Weight of the `kd` term: KL from the base's (with merge_from: that adapter's)
+    next-token distribution on the user's own training prompts."""
+    kd_temperature: float = 1.0
+    """Temperature of the kd term."""
 
 
 def adapter_unit(spec: FleetSpec, name: str) -> str:
@@ -64,16 +79,21 @@ def adapter_unit(spec: FleetSpec, name: str) -> str:
 
 
 def _init_hash(ctx, spec: FleetSpec) -> Optional[str]:
-    """Hash of the init adapter's bytes: retraining it retrains the fleet."""
-    if spec.init_from is None:
+    """Hash of the bytes of the adapters the fleet starts from (init_from, merge_from):
+    retraining one retrains the fleet."""
+    sources = [(n, f) for n, f in (("init_from", spec.init_from),
+                                  ("merge_from", spec.merge_from)) if f is not None]
+    if not sources:
         return None
-    folder = ctx.run.path / spec.init_from
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise PersonalError(f"fleet init_from {folder} holds no adapter weights")
     h = hashlib.sha256()
-    for f in files:
-        h.update(f.read_bytes())
+    for option, rel in sources:
+        folder = ctx.run.path / rel
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise PersonalError(f"fleet {option} {folder} holds no adapter weights")
+        h.update(option.encode())
+        for f in files:
+            h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -121,7 +141,10 @@ def init_slots(model: nn.Module, seeds: Sequence[int]) -> None:
 def fleet_model(ctx, n: int, seeds: Sequence[int], spec: FleetSpec) -> nn.Module:
     """A copy of the base with an n-adapter stack (and prompt tables) shaped by `spec`."""
     lora = ctx.cfg.lora
-    model = inject_stacked_lora(copy.deepcopy(ctx.base[0]), n, rank=lora.rank,
+    model = copy.deepcopy(ctx.base[0])
+    if spec.merge_from is not None:
+        merge_peft(model, ctx.run.path / spec.merge_from)
+    model = inject_stacked_lora(model, n, rank=spec.rank or lora.rank,
                                 alpha=lora.alpha, dropout=lora.dropout,
                                 target_modules=lora.target_modules, seed=seeds[0])
     if spec.prefix_len > 0 or spec.user_vector:
@@ -147,11 +170,12 @@ def train_chunk(ctx, names: list[str], seeds: list[int], data: list[list[dict]],
                            val_datasets=val if has_val else None, adapter_seeds=seeds,
                            pad_token_id=pad, init_from=init,
                            l2_to=init if spec.l2_lambda > 0 else None,
-                           l2_lambda=spec.l2_lambda)
+                           l2_lambda=spec.l2_lambda, delta_lambda=spec.delta_lambda,
+                           kd_weight=spec.kd_weight, kd_temperature=spec.kd_temperature)
     records = []
     for k, name in enumerate(names):
-        out = export_peft(model, k, child_path(ctx.run.path / spec.folder, name, "adapter name"),
-                          base_model_name_or_path=ctx.cfg.model.base)
+        out = export_adapter(ctx, model, k, spec,
+                             child_path(ctx.run.path / spec.folder, name, "adapter name"))
         run = result.adapters[k]
         records.append({"adapter_dir": str(out), "steps": run.steps,
                         "best_step": run.best_step, "best_val_loss": run.best_val_loss,
@@ -159,6 +183,18 @@ def train_chunk(ctx, names: list[str], seeds: list[int], data: list[list[dict]],
                         "first_train_loss": run.train_losses[0] if run.train_losses else None,
                         "last_train_loss": run.train_losses[-1] if run.train_losses else None})
     return records
+
+
+def export_adapter(ctx, model: nn.Module, k: int, spec: FleetSpec, out: Path) -> Path:
+    """Adapter k as a peft folder; with merge_from, the merged adapter plus the residual in
+    one folder (`concat_peft`), so it loads anywhere without the merge."""
+    if spec.merge_from is None:
+        return export_peft(model, k, out, base_model_name_or_path=ctx.cfg.model.base)
+    merged = import_peft([ctx.run.path / spec.merge_from])
+    layer = lora_layers(model)[0]
+    return concat_peft([(merged.adapter(0), merged.alpha / merged.rank),
+                        (adapter_state(model, k), layer.scaling)], out,
+                       merged.target_modules, ctx.cfg.model.base)
 
 
 def _record(ctx, spec: FleetSpec, name: str, inputs: str, result: dict, seconds: float) -> None:
