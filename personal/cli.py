@@ -380,8 +380,9 @@ def report(run: Path = typer.Argument(..., help="Run directory with evaluated st
 
 
 @app.command("run", epilog="Example: personal run --plan phase1 --run runs/main eval.max_users=20")
-def run_main(plan: str = typer.Option("phase1", "--plan", help="Which strategies to run "
-                                      "(phase1: the study's table; baseline: base + unified; "
+def run_main(plan: str = typer.Option("full", "--plan", help="Which strategies to run "
+                                      "(full: every phase; phase1, phase2, ...: one phase of "
+                                      "the study with its reference; baseline: base + unified; "
                                       "curve: the learning curve over run.curve_sessions)."),
              data: Optional[Path] = typer.Option(None, "--data", help="Data folder (data.path)."),
              run: Path = typer.Option(Path("runs/main"), "--run", help="Run directory."),

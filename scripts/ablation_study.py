@@ -21,7 +21,9 @@ from pathlib import Path
 
 #: Sweep name -> its file; a strategy issue adds its own here.
 SWEEPS = {"cluster": "configs/sweep_cluster.yaml", "retrieval": "configs/sweep_retrieval.yaml",
-          "ranks": "configs/sweep_ranks.yaml"}
+          "ranks": "configs/sweep_ranks.yaml", "constrained": "configs/sweep_constrained.yaml",
+          "constrained_kd": "configs/sweep_constrained_kd.yaml",
+          "unified_prefix": "configs/sweep_unified_prefix.yaml"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

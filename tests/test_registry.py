@@ -141,7 +141,11 @@ def test_plans_servable_list_ray_forms_and_eta_come_from_the_registry():
     from personal.distributed.executor import ray_units
 
     builtin = [s.name for s in all_strategies() if s.module.startswith("personal.")]
-    assert plans()["phase1"] == builtin  # every built-in strategy, in its declared order
+    assert plans()["full"] == builtin  # every built-in strategy, in its declared order
+    for phase in ("phase1", "phase2"):  # each phase holds its reference and its floor
+        assert plans()[phase][:2] == ["base", "unified_lora"]
+        assert plans()[phase] == [n for n in builtin if phase in get_strategy(n).plans]
+    assert "constrained_lora" in plans()["phase2"] and "cluster_lora" not in plans()["phase2"]
     assert plans()["baseline"] == ["base", "unified_lora"]
     assert set(servable_strategies()) == {s.name for s in all_strategies()
                                           if s.serving.servable}

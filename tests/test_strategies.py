@@ -28,6 +28,8 @@ NAMES = sorted(s.name for s in all_strategies())
 LONGER = {"epochs": 15}
 OPTIONS: dict[str, dict] = {"per_user_lora": {**LONGER, "lr": 5e-2},
                             "hybrid_lora": {**LONGER, "lr": 5e-2},
+                            "constrained_lora": {**LONGER, "lr": 5e-2},
+                            "unified_prefix": {**LONGER, "lr": 0.1},
                             "prefix_per_user": {**LONGER, "lr": 0.1}, "retrieval_trained": LONGER}
 #: A soft prompt alone does not move the random smoke base off its stop token in a few
 #: steps; its reload is still checked through the weights (equal bytes) and its logits.

@@ -93,6 +93,24 @@ def _cost_section(costs: dict[str, dict]) -> list:
     return [("Cost", cost_table(costs), COST_CAPTION)] if costs else []
 
 
+CHECKS_CAPTION = ("Checks a strategy runs on itself (`diagnostics/<strategy>.json`): that the "
+                  "part it personalises is used, what it learned.")
+
+
+def _checks_section(run: Run) -> list:
+    """One row per strategy check the run recorded, e.g. the share of turns whose output
+    changes when users' prompts are swapped (a prompt the model ignores changes nothing)."""
+    folder = run.path / "diagnostics"
+    rows = [["strategy", "check", "value", "turns", "what it means"]]
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        rec = run.read_json(f"diagnostics/{path.name}") or {}
+        value = rec.get("changed_share")
+        rows.append([rec.get("strategy", path.stem), rec.get("check", ""),
+                     "\u2014" if value is None else f"{value:.1%} changed",
+                     str(rec.get("swap_turns", "")), rec.get("meaning") or rec.get("reason", "")])
+    return [("Strategy checks", rows, CHECKS_CAPTION)] if len(rows) > 1 else []
+
+
 def _reference(cfg: Config, summary: dict) -> str:
     return cfg.eval.reference if cfg.eval.reference in summary else next(iter(summary))
 
@@ -135,7 +153,7 @@ def report_from_run(run_path: Path) -> Path:
     ceiling = run.read_json("metrics/noise_ceiling.json")
     extra, cold_note = _cold_section(cold, reference)
     costs = collect_costs(run, list(summary))
-    extra += _cost_section(costs)
+    extra += _cost_section(costs) + _checks_section(run)
     md, _ = write_report(summary, per_user, rows, run.path, noise_ceiling=ceiling, costs=costs,
                          reference=reference, title=f"Personalization results: {run.path.name}",
                          notes=cold_note + [single_seed_note(run.path, reference)],

@@ -26,6 +26,6 @@ def predictor(ctx, scfg: BaseConfig):
 
 register_strategy("base", config=BaseConfig, stages=stages, predictor=predictor,
                   serving=servable(fixed_routes("base", BASE, "none")),
-                  plans=("phase1", "baseline", "curve"), position=0,
+                  plans=("phase1", "phase2", "phase3", "baseline", "curve"), position=0,
                   expected_seconds={"eval/base": 70.0},
                   cold_start="the base model (it keeps no user state)")

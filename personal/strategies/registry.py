@@ -170,12 +170,17 @@ def all_strategies() -> list[StrategySpec]:
     return sorted(STRATEGIES.values(), key=lambda s: (s.position, s.name))
 
 
+#: The study's phases. The plan `full` (the main job's) is every strategy of any of them.
+PHASES = ("phase1", "phase2", "phase3")
+
+
 def plans() -> dict[str, list[str]]:
-    """Plan name -> its strategies in order, from what each strategy declared."""
+    """Plan name -> its strategies in order, from what each strategy declared, plus `full`."""
     out: dict[str, list[str]] = {}
     for spec in all_strategies():
         for plan in spec.plans:
             out.setdefault(plan, []).append(spec.name)
+    out["full"] = [s.name for s in all_strategies() if set(s.plans) & set(PHASES)]
     return out
 
 

@@ -62,7 +62,7 @@ def predictor(ctx, scfg: UnifiedConfig):
 register_strategy(
     "unified_lora", config=UnifiedConfig, stages=stages, predictor=predictor,
     serving=servable(fixed_routes("unified_lora", Route.one(ADAPTER))),
-    plans=("phase1", "baseline", "curve"), position=10,
+    plans=("phase1", "phase2", "phase3", "baseline", "curve"), position=10,
     expected_seconds={UNIT: 255.0, "eval/unified_lora": 165.0},
     # Data-parallel Ray Train (DeepSpeed ZeRO when `ray.deepspeed` names a config).
     ray_forms={UNIT: "personal.distributed.unified:ray_form"},

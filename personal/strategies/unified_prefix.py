@@ -1,0 +1,188 @@
+"""unified_prefix: the unified LoRA adapter plus a per-user soft prompt (the study's
+Strategy 9, form (a)): each user's prefix is fitted on the frozen unified adapter, so the
+prompt carries what is the user's and the LoRA what everybody shares.
+
+A new user gets the mean of the trained users' prompts. `unified_path` takes any peft folder
+of a unified adapter (another run's `adapters/unified_lora`); by default the run trains its
+own. The prompt-swap check answers some test turns with another user's prompt and records
+the share whose output changes (`diagnostics/unified_prefix.json`, a row of the report's
+strategy checks): a prompt the model ignores changes nothing.
+
+Form (b) of the study (the LoRA and every prompt trained jointly) is not built: the fleet
+engine trains independent slots, and a LoRA shared by every slot needs a joint loop.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from personal.data.safety import child_path
+from personal.engine.peft_io import CONFIG_FILE, PROMPTS_FILE, WEIGHTS_FILE
+from personal.errors import PersonalError
+from personal.models.lora import spread_sample
+from personal.strategies import unified
+from personal.strategies.common import (fleet_schedule, fleet_unit, load_stack, per_user_route,
+                                        routed_predictor, user_groups, val_groups)
+from personal.strategies.fleet import FleetSpec
+from personal.strategies.keys import training_inputs
+from personal.strategies.registry import Unit, register_strategy, servable
+from personal.strategies.routes import Route, RouteTable, own_or
+
+NAME = "unified_prefix"
+FOLDER = f"adapters/{NAME}"
+COLD_START = f"adapters/{NAME}_mean"
+"""The unified LoRA with the mean of the users' prompts: what a new user gets."""
+DIAGNOSTICS = f"diagnostics/{NAME}.json"
+
+
+@dataclass
+class UnifiedPrefixConfig:
+    """Per-user soft prompts on the frozen unified adapter (schedule from `train` unless
+    set here)."""
+
+    prefix_len: int = 10
+    """Virtual tokens per user (the study's script: 20; its ablation: 5, 10, 20)."""
+    unified_path: Optional[str] = None
+    """A peft folder of a unified adapter to fit the prompts on (None: the run's own)."""
+    epochs: Optional[float] = 2.0
+    """Passes over the user's training sessions."""
+    min_steps: Optional[int] = 16
+    """A floor on each prompt's optimiser steps (16: 2 epochs of a default 30-session user)."""
+    lr: Optional[float] = 3e-2
+    """Peak learning rate: soft prompts need a larger one than LoRA."""
+    batch_size: Optional[int] = None
+    """Turns per step (None: train.batch_size)."""
+    eval_every: Optional[int] = 0
+    """Validation checks every N steps (0: once per epoch)."""
+    patience: Optional[int] = None
+    """Checks without improvement before stopping (None: train.patience)."""
+    val_turns: int = 16
+    """Validation turns per user for early stopping, evenly spread (0: all of them)."""
+    swap_turns: int = 64
+    """Test turns of the prompt-swap check, evenly spread over the users (0: no check)."""
+
+    def __post_init__(self) -> None:  # at config time: a bad option stops before any work
+        check_config(self)
+
+
+def given_unified(scfg) -> Optional[Path]:
+    """`unified_path`, checked to be a peft LoRA folder (None: the run's own adapter)."""
+    if scfg.unified_path is None:
+        return None
+    folder = Path(scfg.unified_path).expanduser().resolve()
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / f).is_file()]
+    if missing:
+        raise PersonalError(f"strategy.{NAME}.unified_path={scfg.unified_path}: not a peft "
+                            f"adapter folder (no {missing[0]})")
+    return folder
+
+
+def check_config(scfg) -> None:
+    """Refuse options that cannot train, naming the option."""
+    if not isinstance(scfg.prefix_len, int) or scfg.prefix_len < 1:
+        raise PersonalError(f"strategy.{NAME}.prefix_len must be >= 1, got {scfg.prefix_len}")
+    if scfg.swap_turns < 0:
+        raise PersonalError(f"strategy.{NAME}.swap_turns must be >= 0, got {scfg.swap_turns}")
+    given_unified(scfg)
+
+
+def spec(ctx, scfg: UnifiedPrefixConfig) -> FleetSpec:
+    # an absolute folder stays absolute under the run's path (pathlib's `/`)
+    given = given_unified(scfg)
+    init = str(given) if given is not None else unified.ADAPTER
+    return FleetSpec(folder=FOLDER, init_from=init, train_lora=False,
+                     prefix_len=scfg.prefix_len, train=fleet_schedule(ctx, scfg))
+
+
+def write_mean_prompt(ctx, names: list[str]) -> None:
+    """The cold-start folder: the (shared) LoRA of the users' folders and their mean prompt."""
+    first = child_path(ctx.run.path / FOLDER, names[0], "persona id")
+    prompts = [load_file(str(child_path(ctx.run.path / FOLDER, n, "persona id") / PROMPTS_FILE))
+               for n in names]
+    out = ctx.run.path / COLD_START
+    out.mkdir(parents=True, exist_ok=True)
+    for f in (CONFIG_FILE, WEIGHTS_FILE):
+        shutil.copy2(first / f, out / f)
+    mean = {k: torch.stack([p[k] for p in prompts]).mean(0) for k in prompts[0]}
+    save_file(mean, str(out / PROMPTS_FILE), metadata={"format": "pt"})
+
+
+def swap_sample(ctx, names: list[str], limit: int) -> list:
+    """Test turns of the swap check: evenly spread over the training users' test turns."""
+    return spread_sample([e for e in ctx.examples("test", names)], limit)
+
+
+def prompt_swap(ctx, scfg: UnifiedPrefixConfig) -> dict:
+    """Answer the sample with each user's own prompt and with the next user's (sorted order:
+    a derangement when there are two users or more); the share of turns whose text changes."""
+    names = sorted(user_groups(ctx, "train"))
+    examples = swap_sample(ctx, names, scfg.swap_turns)
+    if len(names) < 2 or not examples:
+        return {"swap_turns": 0, "changed_share": None,
+                "reason": "needs two trained users and test turns"}
+    folders = [child_path(ctx.run.path / FOLDER, n, "persona id") for n in names]
+    index = {n: k for k, n in enumerate(names)}
+    own = [index[e.persona_id] for e in examples]
+    other = [(k + 1) % len(names) for k in own]
+    from personal.engine import generate_routed
+
+    model, tok = load_stack(ctx, folders), ctx.base[1]
+    fmt = ctx.prompt_format()
+    mine = generate_routed(model, tok, examples, own, ctx.cfg.generation, fmt=fmt)
+    swapped = generate_routed(model, tok, examples, other, ctx.cfg.generation, fmt=fmt)
+    changed = sum(a != b for a, b in zip(mine, swapped))
+    return {"swap_turns": len(examples), "changed_share": changed / len(examples)}
+
+
+def stages(ctx, scfg: UnifiedPrefixConfig) -> list:
+    groups, vals = user_groups(ctx, "train"), val_groups(ctx, scfg.val_turns)
+    fspec = spec(ctx, scfg)
+    upstream = [unified.training_inputs(ctx)] if scfg.unified_path is None else []
+    fleet = fleet_unit(ctx, f"train/{NAME}", groups, vals, fspec, upstream=upstream)
+    train = fleet.fn
+
+    def work() -> dict:
+        record = train()
+        write_mean_prompt(ctx, sorted(groups))
+        return record
+
+    fleet.fn, fleet.outputs = work, fleet.outputs + [COLD_START]
+
+    def check() -> dict:
+        result = {"strategy": NAME, "check": "prompt swap",
+                  "meaning": "share of test turns whose output changes when another user's "
+                             "prompt answers them", **prompt_swap(ctx, scfg)}
+        ctx.run.write_json(DIAGNOSTICS, result)
+        return result
+
+    swap = Unit(f"check/{NAME}_swap", training_inputs(ctx, f"check/{NAME}_swap", fleet.inputs,
+                                                      scfg.swap_turns,
+                                                      dataclasses.asdict(ctx.cfg.generation)),
+                check, [DIAGNOSTICS])
+    head = unified.unified_stages(ctx) if scfg.unified_path is None else []
+    return head + [[fleet]] + ([[swap]] if scfg.swap_turns else [])
+
+
+def predictor(ctx, scfg: UnifiedPrefixConfig):
+    names = sorted(user_groups(ctx, "train"))
+    folders = [child_path(ctx.run.path / FOLDER, n, "persona id") for n in names] + \
+        [ctx.run.path / COLD_START]
+    return routed_predictor(ctx, folders, per_user_route(names, len(names)))
+
+
+def routes(ctx, scfg: UnifiedPrefixConfig) -> RouteTable:
+    """Each trained user gets unified + their prompt; everybody else unified + the mean."""
+    fallback = Route.one(COLD_START)
+    return RouteTable(NAME, own_or(ctx, FOLDER, fallback), fallback, "prompt")
+
+
+register_strategy(NAME, config=UnifiedPrefixConfig, stages=stages, predictor=predictor,
+                  serving=servable(routes), plans=("phase2",), position=95,
+                  expected_seconds={f"train/{NAME}": 320.0, f"check/{NAME}_swap": 20.0},
+                  cold_start="the unified adapter with the mean of the users' prompts")
