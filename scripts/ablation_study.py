@@ -23,7 +23,8 @@ from pathlib import Path
 SWEEPS = {"cluster": "configs/sweep_cluster.yaml", "retrieval": "configs/sweep_retrieval.yaml",
           "ranks": "configs/sweep_ranks.yaml", "constrained": "configs/sweep_constrained.yaml",
           "constrained_kd": "configs/sweep_constrained_kd.yaml",
-          "unified_prefix": "configs/sweep_unified_prefix.yaml"}
+          "unified_prefix": "configs/sweep_unified_prefix.yaml",
+          "augmented": "configs/sweep_augmented.yaml"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -31,6 +31,8 @@ def message_to_json(m: Message) -> dict[str, Any]:
         out["actions"] = actions_to_json(m.actions)
     if m.alt_text is not None:
         out["alt_text"] = m.alt_text
+    if m.provenance is not None:
+        out["provenance"] = dict(m.provenance)
     return out
 
 

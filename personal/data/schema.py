@@ -103,12 +103,14 @@ Meta = Optional[dict[str, str]]
 @dataclass
 class Message:
     """One turn of a dialogue. `actions` and `alt_text` are this project's optional
-    extensions on assistant turns (gold settings; an independent re-phrasing)."""
+    extensions on assistant turns (gold settings; an independent re-phrasing); `provenance`
+    marks a turn made by data augmentation ({method, source_session, source_turn})."""
 
     role: str
     text: str
     actions: Optional[Actions] = None
     alt_text: Optional[str] = None
+    provenance: Optional[dict] = None
 
 
 @dataclass

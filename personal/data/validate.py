@@ -347,7 +347,36 @@ def parse_message(value: Any, site: Site, path: str) -> Optional[Message]:
     if alt_text is not None and role == "user":
         site.problem(_join(path, "alt_text"), "alt_text on a user turn; only assistant turns "
                      "carry alt_text")
-    return Message(role=role, text=text, actions=actions, alt_text=alt_text)
+    provenance = _parse_provenance(value.get("provenance"), site, _join(path, "provenance"))
+    return Message(role=role, text=text, actions=actions, alt_text=alt_text,
+                   provenance=provenance)
+
+
+#: Fields of a turn's `provenance` (written by data augmentation) and their types.
+PROVENANCE_FIELDS = {"method": str, "source_session": int, "source_turn": int,
+                     "context_from": int}
+
+
+def _parse_provenance(value: Any, site: Site, path: str) -> Optional[dict]:
+    """Where an augmented turn came from: {method, source_session, source_turn[,
+    context_from]}."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        site.problem(path, f"expected an object {{method, source_session, source_turn}}, got "
+                     f"{kind(value)}")
+        return None
+    for name in ("method", "source_session", "source_turn"):
+        if name not in value:
+            site.problem(_join(path, name), "missing")
+    for name, v in value.items():
+        want = PROVENANCE_FIELDS.get(name)
+        if want is None:
+            site.problem(_join(path, name), f"unknown field (known: "
+                         f"{', '.join(PROVENANCE_FIELDS)})")
+        elif not isinstance(v, want) or isinstance(v, bool):
+            site.problem(_join(path, name), f"expected {want.__name__}, got {kind(v)}")
+    return dict(value)
 
 
 def parse_messages(value: Any, site: Site, path: str) -> list[Message]:

@@ -1,0 +1,184 @@
+"""augmented_lora: each user's training dialogues augmented to a target size (paraphrase,
+context variation, synthesis; `strategies.augment`), then one adapter per user on them, from
+the base (per-user) or from the unified adapter (hybrid, `init=unified`).
+
+The augmented data is written into the run in the canonical layout with a splits file and
+each turn's provenance (`RUN/augmented_lora/data`, `personal data validate` reads it), so it
+can be inspected and reused; `augmentation.json` beside it counts what each method kept and
+what the parser check rejected. Only training sessions feed it: validation and test
+sessions, and cold-start users, are copied unchanged. New users get the unified adapter.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+from personal.data.io import read_splits
+from personal.data.safety import child_path
+from personal.data.validate import load_dataset
+from personal.errors import PersonalError
+from personal.hashing import files_fingerprint
+from personal.strategies import unified
+from personal.strategies.augment import augment_users, check_methods, write_augmented
+from personal.strategies.common import (fleet_schedule, fleet_summary, per_user_route,
+                                        routed_predictor, user_groups, val_groups)
+from personal.strategies.fleet import FleetSpec, spec_dict, train_fleet
+from personal.strategies.keys import training_inputs
+from personal.strategies.registry import Unit, register_strategy, servable
+from personal.strategies.routes import Route, RouteTable, own_or
+
+NAME = "augmented_lora"
+FOLDER = f"adapters/{NAME}"
+DATA = f"{NAME}/data"
+WHERE = f"strategy.{NAME}"
+
+
+@dataclass
+class AugmentedConfig:
+    """Augmentation, then per-user adapters (schedule from `train` unless set here)."""
+
+    target_size: int = 100
+    """Training dialogues per user after augmentation (the study: 30 -> 100)."""
+    methods: str = "paraphrase,context_variation"
+    """Comma-separated, of: paraphrase, context_variation, back_translation, synthesis."""
+    translation_model: Optional[str] = None
+    """Path of a translation model for back_translation (required by that method)."""
+    real_weight: int = 1
+    """Each real training turn counts this many times (synthetic ones once): 2 weighs the
+    user's own dialogues above the made ones."""
+    init: str = "base"
+    """Where each adapter starts: base (per-user adapters) or unified (hybrid)."""
+    epochs: Optional[float] = 1.0
+    """Passes over the user's augmented sessions (~3x the real ones at the default size)."""
+    min_steps: Optional[int] = 16
+    """A floor on each adapter's optimiser steps, as per_user_lora's."""
+    lr: Optional[float] = 1e-2
+    """Peak learning rate (per_user_lora's; 1e-3 suits init=unified, as hybrid_lora's)."""
+    batch_size: Optional[int] = None
+    """Turns per step (None: train.batch_size)."""
+    eval_every: Optional[int] = 0
+    """Validation checks every N steps (0: once per epoch); the best state is kept."""
+    patience: Optional[int] = None
+    """Checks without improvement before stopping (None: train.patience)."""
+    val_turns: int = 16
+    """Validation turns per user for early stopping, evenly spread (0: all of them)."""
+
+    def __post_init__(self) -> None:  # at config time: a bad option stops before any work
+        check_methods(method_list(self), self.translation_model, WHERE)
+        if not isinstance(self.target_size, int) or self.target_size < 1:
+            raise PersonalError(f"{WHERE}.target_size must be >= 1, got {self.target_size}")
+        if not isinstance(self.real_weight, int) or self.real_weight < 1:
+            raise PersonalError(f"{WHERE}.real_weight must be an integer >= 1, got "
+                                f"{self.real_weight}")
+        if self.init not in ("base", "unified"):
+            raise PersonalError(f"{WHERE}.init must be base or unified, got {self.init!r}")
+
+
+def method_list(scfg: AugmentedConfig) -> list[str]:
+    return [m.strip() for m in str(scfg.methods).split(",") if m.strip()]
+
+
+def data_inputs(ctx, scfg: AugmentedConfig) -> str:
+    methods = method_list(scfg)
+    model = [ctx.base_key, dataclasses.asdict(ctx.cfg.generation)] if "synthesis" in methods \
+        else []
+    return training_inputs(ctx, f"data/{NAME}", methods, scfg.target_size, ctx.cfg.train.seed,
+                           model)
+
+
+def check_sizes(ctx, scfg: AugmentedConfig) -> None:
+    """A target below a user's real training dialogues is refused at plan time."""
+    for pid in ctx.training_personas():
+        n = len(ctx.splits[pid].train)
+        if n > scfg.target_size:
+            raise PersonalError(f"{WHERE}.target_size={scfg.target_size} is below the {n} real "
+                                f"training dialogues of user {pid}; augmentation only adds")
+
+
+def synthesis_generator(ctx):
+    """The base model answering examples (sampling is the generation config's)."""
+    from personal.engine.generate import generate
+
+    model, tokenizer = ctx.base
+    fmt = ctx.prompt_format()
+    return lambda examples: generate(model, tokenizer, examples, ctx.cfg.generation, fmt=fmt)
+
+
+def augment(ctx, scfg: AugmentedConfig) -> dict:
+    methods = method_list(scfg)
+    gen = synthesis_generator(ctx) if "synthesis" in methods else None
+    result = augment_users(ctx.dataset, ctx.splits, scfg.target_size, methods,
+                           seed=ctx.cfg.train.seed, history_messages=ctx.cfg.data.history_messages,
+                           generate=gen)
+    write_augmented(result, ctx.run.path / DATA, {"methods": methods,
+                                                  "target_size": scfg.target_size,
+                                                  "seed": ctx.cfg.train.seed})
+    return {"totals": result.totals()}
+
+
+def augmented_context(ctx):
+    """The run's context over the augmented data (same run, base and users; its own data
+    fingerprint, so a change of the augmentation retrains every adapter)."""
+    folder = ctx.run.path / DATA
+    ds = load_dataset(folder)
+    splits = read_splits(folder / "splits.json", ds)
+    fp = files_fingerprint(sorted(folder.glob("*.jsonl")) + [folder / "splits.json"])
+    new = dataclasses.replace(ctx, dataset=ds, splits=splits, fingerprint=fp, _examples={})
+    for cached in ("base", "base_key"):  # loaded once per run, not once per view of it
+        if cached in ctx.__dict__:
+            new.__dict__[cached] = ctx.__dict__[cached]
+    return new
+
+
+def weighted_groups(actx, real_ids: dict[str, set[int]], weight: int) -> dict[str, list]:
+    """Each user's augmented training turns, those of their real sessions `weight` times."""
+    groups = user_groups(actx, "train")
+    return {pid: exs + [e for e in exs if e.session_id in real_ids[pid]] * (weight - 1)
+            for pid, exs in groups.items()}
+
+
+def spec(ctx, scfg: AugmentedConfig) -> FleetSpec:
+    return FleetSpec(folder=FOLDER, init_from=unified.ADAPTER if scfg.init == "unified" else None,
+                     train=fleet_schedule(ctx, scfg))
+
+
+def stages(ctx, scfg: AugmentedConfig) -> list:
+    check_sizes(ctx, scfg)
+    data_unit = Unit(f"data/{NAME}", data_inputs(ctx, scfg), lambda: augment(ctx, scfg),
+                     [DATA], needs_base="synthesis" in method_list(scfg))
+    fspec = spec(ctx, scfg)
+    sessions = {p.persona_id: p.sessions for p in ctx.dataset.personas}
+    real = {pid: {sessions[pid][i].session_id for i in ctx.splits[pid].train}
+            for pid in ctx.training_personas()}
+
+    def train() -> dict:
+        actx = augmented_context(ctx)
+        groups = weighted_groups(actx, real, scfg.real_weight)
+        return fleet_summary(train_fleet(actx, groups, val_groups(actx, scfg.val_turns),
+                                         spec=fspec))
+
+    upstream = [unified.training_inputs(ctx)] if scfg.init == "unified" else []
+    fleet = Unit(f"train/{NAME}", training_inputs(ctx, f"train/{NAME}", data_unit.inputs,
+                                                  spec_dict(fspec), scfg.real_weight,
+                                                  scfg.val_turns, upstream), train, [FOLDER])
+    return unified.unified_stages(ctx) + [[data_unit], [fleet]]
+
+
+def predictor(ctx, scfg: AugmentedConfig):
+    names = sorted(user_groups(ctx, "train"))
+    folders = [child_path(ctx.run.path / FOLDER, n, "persona id") for n in names] + \
+        [ctx.run.path / unified.ADAPTER]
+    return routed_predictor(ctx, folders, per_user_route(names, len(names)))
+
+
+def routes(ctx, scfg: AugmentedConfig) -> RouteTable:
+    """Each trained user gets their adapter; everybody else the unified adapter."""
+    fallback = Route.one(unified.ADAPTER)
+    return RouteTable(NAME, own_or(ctx, FOLDER, fallback), fallback)
+
+
+register_strategy(NAME, config=AugmentedConfig, stages=stages, predictor=predictor,
+                  serving=servable(routes), plans=("phase2",), position=100,
+                  expected_seconds={f"data/{NAME}": 30.0, f"train/{NAME}": 400.0},
+                  cold_start="the unified adapter")

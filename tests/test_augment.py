@@ -1,0 +1,158 @@
+"""Data augmentation (augmented_lora): only training sessions feed it, validation, test and
+cold-start users stay byte-identical, every kept synthetic turn passes the parser check and a
+disagreeing one is rejected and counted, the output is a valid dataset with provenance, and
+bad options are refused naming the option."""
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from personal.data.io import read_splits, session_to_json
+from personal.data.schema import Message, Session
+from personal.data.synth import write_synth
+from personal.data.splits import make_splits
+from personal.data.validate import load_dataset
+from personal.errors import PersonalError
+from personal.strategies import augment
+from personal.strategies.augment import (Counts, augment_users, implied, paraphrase, reword,
+                                         synthesis, write_augmented)
+from personal.strategies.registry import get_strategy, strategy_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    path = tmp_path_factory.mktemp("aug") / "data"
+    ds = write_synth(path, users=6, sessions=10, seed=3)
+    splits = make_splits(ds, train_frac=0.6, val_frac=0.2, cold_start=1, seed=0)
+    return ds, splits
+
+
+def test_only_training_sessions_feed_it_and_the_rest_is_unchanged(world):
+    ds, splits = world
+    out = augment_users(ds, splits, 12, ["paraphrase", "context_variation"], seed=0)
+    for before, after in zip(ds.personas, out.dataset.personas):
+        sp, new_sp = splits[before.persona_id], out.splits[before.persona_id]
+        assert new_sp.val == sp.val and new_sp.test == sp.test
+        for i in sp.val + sp.test:  # byte-identical
+            assert session_to_json(after.sessions[i]) == session_to_json(before.sessions[i])
+        if sp.cold_start:
+            assert after.sessions == before.sessions and new_sp.train == sp.train
+            continue
+        train_ids = {before.sessions[i].session_id for i in sp.train}
+        added = after.sessions[len(before.sessions):]
+        assert added and len(new_sp.train) == len(sp.train) + len(added) <= 12
+        for s in added:
+            assert {m.provenance["source_session"] for m in s.messages} <= train_ids
+
+
+def test_a_reworded_turn_keeps_the_settings_it_asks_for():
+    rng = random.Random(0)
+    text = "It's cold out. Put the lamps at 85 with neutral light, please."
+    new = reword(text, rng)
+    assert new and new != text
+    assert implied(new) == implied(text) == {("lights", "brightness", 85),
+                                             ("lights", "color", "neutral")}
+
+
+def test_a_paraphrase_whose_settings_disagree_is_rejected(monkeypatch):
+    s = Session(0, {"time_of_day": "evening"}, [
+        Message("user", "Set the AC to 22, please."),
+        Message("assistant", "I've set the AC to 22.", {"ac": {"temperature": 22}})])
+    monkeypatch.setattr(augment, "reword", lambda text, rng: "Set the AC to 25, please.")
+    counts = Counts()
+    assert paraphrase(s, random.Random(0), counts) is None
+    assert counts.rejected_turns == 1 and counts.not_applicable == 1
+
+
+def test_synthesis_keeps_agreeing_turns_and_rejects_the_rest():
+    s = Session(5, {"time_of_day": "evening"}, [
+        Message("user", "Set the AC to 22."),
+        Message("assistant", "I've set the AC to 22.", {"ac": {"temperature": 22}}),
+        Message("user", "And the lights to 40."),
+        Message("assistant", "Lights are at 40%.", {"lights": {"brightness": 40}})])
+    persona = type("P", (), {"persona_id": "u"})()
+    replies = ["Done: the AC is now at 22 degrees.", "I've set the lights to 90%."]
+    counts = Counts()
+    out = synthesis(s, persona, lambda exs: replies[:len(exs)], 6, counts)
+    assert counts.rejected_turns == 1                       # 90 is not the 40 it replaces
+    assert out.messages[1].text == replies[0]
+    assert out.messages[1].provenance == {"method": "synthesis", "source_session": 5,
+                                          "source_turn": 1}
+    assert out.messages[3].text == "Lights are at 40%."     # the original turn stays
+    assert out.messages[3].provenance["method"] == "copy"
+
+
+def test_the_written_folder_is_a_valid_dataset_with_provenance(world, tmp_path):
+    ds, splits = world
+    result = augment_users(ds, splits, 12, ["paraphrase"], seed=0)
+    folder = write_augmented(result, tmp_path / "out", {"methods": ["paraphrase"]})
+    again = load_dataset(folder)
+    read_splits(folder / "splits.json", again)
+    record = json.loads((folder / augment.RECORD).read_text())
+    assert record["totals"]["paraphrase"]["kept"] == sum(
+        len(p.sessions) for p in again.personas) - sum(len(p.sessions) for p in ds.personas)
+    made = [m for p in again.personas for s in p.sessions for m in s.messages if m.provenance]
+    assert made and {m.provenance["method"] for m in made} <= {"paraphrase", "copy"}
+    r = subprocess.run([sys.executable, "-m", "personal.cli", "data", "validate", str(folder)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_bad_provenance_is_named(world, tmp_path):
+    ds, splits = world
+    folder = write_augmented(augment_users(ds, splits, 12, ["paraphrase"], seed=0),
+                             tmp_path / "bad")
+    lines = (folder / "sessions.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first[-1]["messages"][0]["provenance"]["source_turn"] = "zero"
+    lines[0] = json.dumps(first)
+    (folder / "sessions.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(PersonalError, match=r"provenance\.source_turn.*expected int"):
+        load_dataset(folder)
+
+
+def test_a_target_below_the_real_count_is_refused(world):
+    ds, splits = world
+    with pytest.raises(PersonalError, match="target_size 3 is below the 6 real"):
+        augment_users(ds, splits, 3, ["paraphrase"])
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"methods": "paraphrase,telepathy"}, "unknown method 'telepathy'"),
+    ({"methods": "back_translation"}, "back_translation needs a translation model"),
+    ({"target_size": 0}, "target_size must be >= 1"),
+    ({"real_weight": 0}, "real_weight must be an integer >= 1"),
+    ({"init": "cluster"}, "init must be base or unified")])
+def test_bad_options_are_refused_naming_the_option(options, message):
+    with pytest.raises(PersonalError, match="strategy.augmented_lora") as err:
+        strategy_config(get_strategy("augmented_lora"), options)
+    assert message in str(err.value)
+
+
+def test_the_study_script_writes_nothing_on_bad_input(tmp_path):
+    data = tmp_path / "d"
+    write_synth(data, users=3, sessions=6, seed=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    script = str(ROOT / "scripts" / "augment_persona_data.py")
+    r = subprocess.run([sys.executable, script, "--data", str(data), "--out",
+                        str(tmp_path / "none")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no splits file" in r.stderr
+    assert not (tmp_path / "none").exists()
+    r = subprocess.run([sys.executable, "-m", "personal.cli", "data", "split", str(data)],
+                       capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run([sys.executable, script, "--data", str(data), "--out", str(out),
+                        "--target_size", "8"], capture_output=True, text=True)
+    assert r.returncode == 2 and "exists and is not empty; --force" in r.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+    r = subprocess.run([sys.executable, script, "--data", str(data), "--out",
+                        str(tmp_path / "new"), "--target_size", "8"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(load_dataset(tmp_path / "new").personas) == 3
