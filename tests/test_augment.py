@@ -116,6 +116,15 @@ def test_a_bad_provenance_is_named(world, tmp_path):
         load_dataset(folder)
 
 
+def test_a_target_per_user_gives_each_user_their_own_size(world):
+    ds, splits = world
+    train = {p: len(sp.train) for p, sp in splits.items() if not sp.cold_start}
+    want = {p: 2 * n for p, n in train.items()}
+    out = augment_users(ds, splits, want, ["paraphrase"], seed=0)
+    for p, n in want.items():
+        assert len(out.splits[p].train) == n  # paraphrase applies to these users' turns
+
+
 def test_a_target_below_the_real_count_is_refused(world):
     ds, splits = world
     with pytest.raises(PersonalError, match="target_size 3 is below the 6 real"):
@@ -127,7 +136,8 @@ def test_a_target_below_the_real_count_is_refused(world):
     ({"methods": "back_translation"}, "back_translation needs a translation model"),
     ({"target_size": 0}, "target_size must be >= 1"),
     ({"real_weight": 0}, "real_weight must be an integer >= 1"),
-    ({"init": "cluster"}, "init must be base or unified")])
+    ({"init": "cluster"}, "init must be base or unified"),
+    ({"target_factor": 0.5}, "target_factor must be 0 (use target_size) or >= 1")])
 def test_bad_options_are_refused_naming_the_option(options, message):
     with pytest.raises(PersonalError, match="strategy.augmented_lora") as err:
         strategy_config(get_strategy("augmented_lora"), options)

@@ -288,16 +288,21 @@ def _key(s: Session) -> str:
     return json.dumps([s.meta, [(m.role, m.text) for m in s.messages]], sort_keys=True)
 
 
-def augment_users(ds: Dataset, splits: dict[str, Split], target_size: int,
+def augment_users(ds: Dataset, splits: dict[str, Split], target_size: int | dict[str, int],
                   methods: Sequence[str], seed: int = 0, history_messages: int = 6,
                   generate: Optional[Callable] = None) -> Augmented:
-    """Every training user augmented (cold-start users and every validation and test session
-    are copied unchanged); refuses a target below a user's real training dialogues."""
+    """Every training user augmented to `target_size` training dialogues (one size, or one
+    per user id); cold-start users and every validation and test session are copied
+    unchanged. Refuses a target below a user's real training dialogues."""
+    def target(pid: str) -> int:
+        return target_size[pid] if isinstance(target_size, dict) else target_size
+
     short = [(p.persona_id, len(splits[p.persona_id].train)) for p in ds.personas
-             if not splits[p.persona_id].cold_start and len(splits[p.persona_id].train) > target_size]
+             if not splits[p.persona_id].cold_start
+             and len(splits[p.persona_id].train) > target(p.persona_id)]
     if short:
-        raise PersonalError(f"target_size {target_size} is below the {short[0][1]} real training "
-                            f"dialogues of user {short[0][0]}; augmentation only adds")
+        raise PersonalError(f"target_size {target(short[0][0])} is below the {short[0][1]} real "
+                            f"training dialogues of user {short[0][0]}; augmentation only adds")
     personas, out_splits, counts = [], {}, {}
     for index, p in enumerate(ds.personas):
         sp = splits[p.persona_id]
@@ -306,7 +311,7 @@ def augment_users(ds: Dataset, splits: dict[str, Split], target_size: int,
             out_splits[p.persona_id] = sp
             continue
         rng = random.Random(f"{seed}:{index}")
-        new, counts[p.persona_id] = augment_user(p, sp.train, target_size, methods, rng,
+        new, counts[p.persona_id] = augment_user(p, sp.train, target(p.persona_id), methods, rng,
                                                  history_messages, generate)
         personas.append(dataclasses.replace(p, sessions=list(p.sessions) + new))
         first = len(p.sessions)  # splits hold session positions; the new ones come last

@@ -40,6 +40,10 @@ class AugmentedConfig:
 
     target_size: int = 100
     """Training dialogues per user after augmentation (the study: 30 -> 100)."""
+    target_factor: float = 0.0
+    """When > 0, each user's target is this many times their real training dialogues
+    (rounded), instead of target_size: the study's 30 -> 100 is 3.33, and a sweep on a
+    smaller population keeps the study's proportions."""
     methods: str = "paraphrase,context_variation"
     """Comma-separated, of: paraphrase, context_variation, back_translation, synthesis."""
     translation_model: Optional[str] = None
@@ -68,6 +72,9 @@ class AugmentedConfig:
         check_methods(method_list(self), self.translation_model, WHERE)
         if not isinstance(self.target_size, int) or self.target_size < 1:
             raise PersonalError(f"{WHERE}.target_size must be >= 1, got {self.target_size}")
+        if not self.target_factor == 0 and not self.target_factor >= 1:
+            raise PersonalError(f"{WHERE}.target_factor must be 0 (use target_size) or >= 1 "
+                                f"(augmentation only adds), got {self.target_factor}")
         if not isinstance(self.real_weight, int) or self.real_weight < 1:
             raise PersonalError(f"{WHERE}.real_weight must be an integer >= 1, got "
                                 f"{self.real_weight}")
@@ -83,16 +90,24 @@ def data_inputs(ctx, scfg: AugmentedConfig) -> str:
     methods = method_list(scfg)
     model = [ctx.base_key, dataclasses.asdict(ctx.cfg.generation)] if "synthesis" in methods \
         else []
-    return training_inputs(ctx, f"data/{NAME}", methods, scfg.target_size, ctx.cfg.train.seed,
-                           model)
+    return training_inputs(ctx, f"data/{NAME}", methods, targets(ctx, scfg),
+                           ctx.cfg.train.seed, model)
+
+
+def targets(ctx, scfg: AugmentedConfig) -> dict[str, int]:
+    """Each training user's target size (target_factor x their real count, or target_size)."""
+    real = {pid: len(ctx.splits[pid].train) for pid in ctx.training_personas()}
+    if scfg.target_factor > 0:
+        return {pid: int(round(scfg.target_factor * n)) for pid, n in real.items()}
+    return {pid: scfg.target_size for pid in real}
 
 
 def check_sizes(ctx, scfg: AugmentedConfig) -> None:
     """A target below a user's real training dialogues is refused at plan time."""
-    for pid in ctx.training_personas():
+    for pid, target in targets(ctx, scfg).items():
         n = len(ctx.splits[pid].train)
-        if n > scfg.target_size:
-            raise PersonalError(f"{WHERE}.target_size={scfg.target_size} is below the {n} real "
+        if n > target:
+            raise PersonalError(f"{WHERE}.target_size={target} is below the {n} real "
                                 f"training dialogues of user {pid}; augmentation only adds")
 
 
@@ -108,11 +123,12 @@ def synthesis_generator(ctx):
 def augment(ctx, scfg: AugmentedConfig) -> dict:
     methods = method_list(scfg)
     gen = synthesis_generator(ctx) if "synthesis" in methods else None
-    result = augment_users(ctx.dataset, ctx.splits, scfg.target_size, methods,
+    result = augment_users(ctx.dataset, ctx.splits, targets(ctx, scfg), methods,
                            seed=ctx.cfg.train.seed, history_messages=ctx.cfg.data.history_messages,
                            generate=gen)
     write_augmented(result, ctx.run.path / DATA, {"methods": methods,
                                                   "target_size": scfg.target_size,
+                                                  "target_factor": scfg.target_factor,
                                                   "seed": ctx.cfg.train.seed})
     return {"totals": result.totals()}
 
