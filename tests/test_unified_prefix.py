@@ -131,7 +131,8 @@ def test_prompts_fit_on_another_runs_unified_adapter(cfg, ctx, tmp_path):
 @pytest.mark.parametrize("option,value,message", [
     ("prefix_len", 0, "prefix_len must be >= 1"),
     ("swap_turns", -1, "swap_turns must be >= 0"),
-    ("unified_path", "/nonexistent/folder", "not a peft adapter folder")])
+    ("unified_path", "/nonexistent/folder", "not a peft adapter folder"),
+    ("form", "both", "must be frozen or joint")])
 def test_bad_options_are_refused_naming_the_option(option, value, message):
     with pytest.raises(PersonalError, match=f"strategy.unified_prefix.{option}") as err:
         strategy_config(get_strategy(up.NAME), {option: value})
@@ -144,3 +145,30 @@ def test_the_study_script_refuses_a_folder_that_is_not_peft(tmp_path):
                         "--run", str(tmp_path / "run")], capture_output=True, text=True)
     assert r.returncode == 2 and "not a peft adapter folder" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_the_joint_form_trains_one_lora_and_every_prompt_together(cfg, tmp_path):
+    options = {**cfg.strategy[up.NAME], "form": "joint", "swap_turns": 8}
+    joint_cfg = dataclasses.replace(cfg, strategy={up.NAME: options})
+    ctx = Context.create(joint_cfg, tmp_path / "joint")
+    train_strategy(ctx, up.NAME)
+    assert not (ctx.run.path / unified.ADAPTER).exists()  # no separate unified adapter
+    names = users(ctx)
+    loras = [load_file(str(ctx.run.path / up.FOLDER / n / WEIGHTS_FILE)) for n in names]
+    assert all(torch.equal(lo[k], loras[0][k]) for lo in loras for k in lo)  # one shared LoRA
+    assert max(float(t.abs().max()) for k, t in loras[0].items() if "lora_B" in k) > 0
+    prompts = [load_file(str(ctx.run.path / up.FOLDER / n / PROMPTS_FILE))["prompts.prefix"]
+               for n in names]
+    assert not torch.equal(prompts[0], prompts[1])
+    examples = ctx.examples("test")[:6]
+    spec = get_strategy(up.NAME)
+    before = spec.predictor(ctx, strategy_config(spec, options))(examples)
+    reloaded = Context.create(joint_cfg, ctx.run.path)
+    assert spec.predictor(reloaded, strategy_config(spec, options))(examples) == before
+    model = load_stack(ctx, [ctx.run.path / up.FOLDER / n for n in names])
+    sample = up.swap_sample(ctx, names, 8)
+    own = [names.index(e.persona_id) for e in sample]
+    other = [(k + 1) % len(names) for k in own]
+    moved = (next_token_logits(model, ctx, sample, own)
+             - next_token_logits(model, ctx, sample, other)).abs().amax(1)
+    assert bool((moved > 1e-3).all())

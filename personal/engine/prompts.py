@@ -12,13 +12,14 @@ adapter index -1 get neither; mixture weights mix the tables.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
 from torch import nn
 
 from personal.engine.sampler import IGNORE
-from personal.engine.stacked_lora import Routing, freeze_base, get_routing
+from personal.engine.stacked_lora import Routing, adapter_rows, freeze_base, get_routing
 from personal.errors import PersonalError
 
 
@@ -151,6 +152,31 @@ def _prepend(prefix, emb, attention_mask, labels, routing) -> dict[str, torch.Te
         full = torch.cat([ignore, labels], 1).gather(1, src)
         out["labels"] = torch.where(in_prefix | (j < start), IGNORE, full)
     return out
+
+
+class RoutedModel(nn.Module):
+    """A model carrying prompt tables, called as the training loop calls a plain one: each
+    batch row's table slot comes in `adapters`, the tables are put in front of the tokens
+    (`build_inputs`), and the logits of the real tokens come back (their last T columns:
+    rows are left-padded, so a prefix always sits before them). Whatever else `model` holds
+    (a peft LoRA shared by every row) runs for every row: one LoRA, per-user prompts."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                adapters: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
+                **_: object):
+        with adapter_rows(self.inner, adapters):
+            out = self.inner(**build_inputs(self.inner, input_ids, attention_mask),
+                             use_cache=False)
+        return SimpleNamespace(logits=out.logits[:, -input_ids.shape[1]:])
+
+    def get_output_embeddings(self) -> None:
+        """None: the loss takes the plain path (all logits), since the fused one would run
+        the decoder without the prompts."""
+        return None
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:

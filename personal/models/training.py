@@ -82,9 +82,12 @@ def collate(features: Sequence[Features], pad_id: int,
         mask.append([0] * pad + [1] * len(f["input_ids"]))
     attention = torch.tensor(mask, dtype=torch.long)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": torch.tensor(ids, device=device),
-            "labels": torch.tensor(labels, device=device),
-            "attention_mask": attention.to(device), "position_ids": positions.to(device)}
+    batch = {"input_ids": torch.tensor(ids, device=device),
+             "labels": torch.tensor(labels, device=device),
+             "attention_mask": attention.to(device), "position_ids": positions.to(device)}
+    if "adapter" in features[0]:  # rows of a routed model (per-user tables, one LoRA)
+        batch["adapters"] = torch.tensor([f["adapter"] for f in features], device=device)
+    return batch
 
 
 # --- Loss -----------------------------------------------------------------------------------
@@ -125,7 +128,8 @@ def lm_loss_sum(model: torch.nn.Module,
     target = labels[:, 1:]
     sel = target != IGNORE
     n = int(sel.sum())
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "adapters")
+              if k in batch}
     if n == 0:
         return model(**inputs, use_cache=False).logits.sum() * 0.0, 0
     total, _ = target_losses(model, inputs, sel, target[sel])

@@ -8,8 +8,11 @@ own. The prompt-swap check answers some test turns with another user's prompt an
 the share whose output changes (`diagnostics/unified_prefix.json`, a row of the report's
 strategy checks): a prompt the model ignores changes nothing.
 
-Form (b) of the study (the LoRA and every prompt trained jointly) is not built: the fleet
-engine trains independent slots, and a LoRA shared by every slot needs a joint loop.
+`form=joint` is the study's form (b): the LoRA and every user's prompt trained together on
+all users (the run's `train` schedule; the prompts at `lr`), so the LoRA learns to read the
+prompt; one peft LoRA is shared by every row and each row's prompt is its user's
+(`engine.RoutedModel` through the training core's loop). The exported folders have the
+same shape as form (a)'s: the shared LoRA and the user's prompt.
 """
 from __future__ import annotations
 
@@ -48,6 +51,9 @@ class UnifiedPrefixConfig:
 
     prefix_len: int = 10
     """Virtual tokens per user (the study's script: 20; its ablation: 5, 10, 20)."""
+    form: str = "frozen"
+    """frozen: prompts fitted on the frozen unified adapter (the study's form a); joint:
+    the LoRA and the prompts trained together on all users (form b)."""
     unified_path: Optional[str] = None
     """A peft folder of a unified adapter to fit the prompts on (None: the run's own)."""
     epochs: Optional[float] = 2.0
@@ -89,6 +95,11 @@ def check_config(scfg) -> None:
         raise PersonalError(f"strategy.{NAME}.prefix_len must be >= 1, got {scfg.prefix_len}")
     if scfg.swap_turns < 0:
         raise PersonalError(f"strategy.{NAME}.swap_turns must be >= 0, got {scfg.swap_turns}")
+    if scfg.form not in ("frozen", "joint"):
+        raise PersonalError(f"strategy.{NAME}.form must be frozen or joint, got {scfg.form!r}")
+    if scfg.form == "joint" and scfg.unified_path is not None:
+        raise PersonalError(f"strategy.{NAME}.unified_path: form=joint trains its own LoRA; "
+                            "give unified_path with form=frozen only")
     given_unified(scfg)
 
 
@@ -140,11 +151,60 @@ def prompt_swap(ctx, scfg: UnifiedPrefixConfig) -> dict:
     return {"swap_turns": len(examples), "changed_share": changed / len(examples)}
 
 
+def train_joint(ctx, scfg: UnifiedPrefixConfig, groups: dict, vals: dict) -> dict:
+    """Form (b): one LoRA and every user's prompt, trained together; each user's folder
+    gets the LoRA and their prompt."""
+    from safetensors.torch import save_file as save
+
+    from personal.engine import attach_prompts
+    from personal.engine.prompts import RoutedModel
+    from personal.models.lora import attach_lora, pad_id, train_settings
+    from personal.models.training import seed_everything, train_loop
+
+    names = sorted(groups)
+    model, tok = ctx.base
+    fmt, pack = ctx.prompt_format(), ctx.cfg.train.pack_sessions
+    seed_everything(ctx.cfg.train.seed)
+    adapted = attach_lora(model, ctx.cfg.lora)
+    tables = attach_prompts(adapted, len(names), prefix_len=scfg.prefix_len,
+                            seed=ctx.cfg.train.seed)
+    for n, p in adapted.named_parameters():  # attach_prompts froze everything else
+        if "lora_" in n:
+            p.requires_grad_(True)
+    train = [dict(f, adapter=k) for k, n in enumerate(names)
+             for f in fmt.encode_training(tok, groups[n], pack)]
+    val = [dict(fmt.encode(tok, e), adapter=k) for k, n in enumerate(names) for e in vals.get(n, [])]
+    settings = dataclasses.replace(train_settings(ctx.cfg.train), group_lrs={"prompt": scfg.lr})
+    loop = train_loop(RoutedModel(adapted), train, val, settings, pad_id(tok),
+                      progress=ctx.progress, desc="train LoRA + prompts")
+    for k, n in enumerate(names):
+        out = child_path(ctx.run.path / FOLDER, n, "persona id")
+        adapted.save_pretrained(str(out))
+        save({"prompts.prefix": tables.prefix[k].detach().cpu().contiguous()},
+             str(out / PROMPTS_FILE), metadata={"format": "pt"})
+    return {"adapters": len(names), "steps": loop.steps, "best_step": loop.best_step,
+            "best_val_loss": loop.best_val_loss}
+
+
+def joint_unit(ctx, scfg: UnifiedPrefixConfig, groups: dict, vals: dict) -> Unit:
+    keys = {n: [(e.persona_id, e.session_id, e.turn_index) for e in exs]
+            for n, exs in sorted(groups.items())}
+    vkeys = {n: [(e.persona_id, e.session_id, e.turn_index) for e in exs]
+             for n, exs in sorted(vals.items())}
+    inputs = training_inputs(ctx, f"train/{NAME}", "joint", keys, vkeys, scfg.prefix_len,
+                             scfg.lr)
+    return Unit(f"train/{NAME}", inputs, lambda: train_joint(ctx, scfg, groups, vals), [FOLDER])
+
+
 def stages(ctx, scfg: UnifiedPrefixConfig) -> list:
     groups, vals = user_groups(ctx, "train"), val_groups(ctx, scfg.val_turns)
-    fspec = spec(ctx, scfg)
-    upstream = [unified.training_inputs(ctx)] if scfg.unified_path is None else []
-    fleet = fleet_unit(ctx, f"train/{NAME}", groups, vals, fspec, upstream=upstream)
+    if scfg.form == "joint":
+        fleet = joint_unit(ctx, scfg, groups, vals)
+        upstream = []
+    else:
+        upstream = [unified.training_inputs(ctx)] if scfg.unified_path is None else []
+        fleet = fleet_unit(ctx, f"train/{NAME}", groups, vals, spec(ctx, scfg),
+                           upstream=upstream)
     train = fleet.fn
 
     def work() -> dict:
@@ -165,7 +225,7 @@ def stages(ctx, scfg: UnifiedPrefixConfig) -> list:
                                                       scfg.swap_turns,
                                                       dataclasses.asdict(ctx.cfg.generation)),
                 check, [DIAGNOSTICS])
-    head = unified.unified_stages(ctx) if scfg.unified_path is None else []
+    head = unified.unified_stages(ctx) if upstream else []
     return head + [[fleet]] + ([[swap]] if scfg.swap_turns else [])
 
 
