@@ -129,15 +129,17 @@ def swap_sample(ctx, names: list[str], limit: int) -> list:
     return spread_sample([e for e in ctx.examples("test", names)], limit)
 
 
-def prompt_swap(ctx, scfg: UnifiedPrefixConfig) -> dict:
-    """Answer the sample with each user's own prompt and with the next user's (sorted order:
-    a derangement when there are two users or more); the share of turns whose text changes."""
+def prompt_swap(ctx, folder: str, limit: int) -> dict:
+    """Answer a sample of test turns with each user's own adapter folder (`folder/<user>`)
+    and with the next user's (sorted order: a derangement when there are two users or
+    more); the share of turns whose text changes. Shared by every strategy whose users
+    differ only in a table (prompts, user vectors)."""
     names = sorted(user_groups(ctx, "train"))
-    examples = swap_sample(ctx, names, scfg.swap_turns)
+    examples = swap_sample(ctx, names, limit)
     if len(names) < 2 or not examples:
         return {"swap_turns": 0, "changed_share": None,
                 "reason": "needs two trained users and test turns"}
-    folders = [child_path(ctx.run.path / FOLDER, n, "persona id") for n in names]
+    folders = [child_path(ctx.run.path / folder, n, "persona id") for n in names]
     index = {n: k for k, n in enumerate(names)}
     own = [index[e.persona_id] for e in examples]
     other = [(k + 1) % len(names) for k in own]
@@ -149,6 +151,23 @@ def prompt_swap(ctx, scfg: UnifiedPrefixConfig) -> dict:
     swapped = generate_routed(model, tok, examples, other, ctx.cfg.generation, fmt=fmt)
     changed = sum(a != b for a, b in zip(mine, swapped))
     return {"swap_turns": len(examples), "changed_share": changed / len(examples)}
+
+
+def swap_unit(ctx, name: str, folder: str, limit: int, upstream: str, check: str,
+              meaning: str, extra: Optional[dict] = None) -> Unit:
+    """The unit that runs `prompt_swap` after training and records it in
+    `diagnostics/<name>.json` (a row of the report's strategy checks)."""
+    path = f"diagnostics/{name}.json"
+
+    def work() -> dict:
+        result = {"strategy": name, "check": check, "meaning": meaning, **(extra or {}),
+                  **prompt_swap(ctx, folder, limit)}
+        ctx.run.write_json(path, result)
+        return result
+
+    inputs = training_inputs(ctx, f"check/{name}_swap", upstream, limit,
+                             dataclasses.asdict(ctx.cfg.generation))
+    return Unit(f"check/{name}_swap", inputs, work, [path])
 
 
 def train_joint(ctx, scfg: UnifiedPrefixConfig, groups: dict, vals: dict) -> dict:
@@ -214,17 +233,9 @@ def stages(ctx, scfg: UnifiedPrefixConfig) -> list:
 
     fleet.fn, fleet.outputs = work, fleet.outputs + [COLD_START]
 
-    def check() -> dict:
-        result = {"strategy": NAME, "check": "prompt swap",
-                  "meaning": "share of test turns whose output changes when another user's "
-                             "prompt answers them", **prompt_swap(ctx, scfg)}
-        ctx.run.write_json(DIAGNOSTICS, result)
-        return result
-
-    swap = Unit(f"check/{NAME}_swap", training_inputs(ctx, f"check/{NAME}_swap", fleet.inputs,
-                                                      scfg.swap_turns,
-                                                      dataclasses.asdict(ctx.cfg.generation)),
-                check, [DIAGNOSTICS])
+    swap = swap_unit(ctx, NAME, FOLDER, scfg.swap_turns, fleet.inputs, "prompt swap",
+                     "share of test turns whose output changes when another user's prompt "
+                     "answers them")
     head = unified.unified_stages(ctx) if upstream else []
     return head + [[fleet]] + ([[swap]] if scfg.swap_turns else [])
 
