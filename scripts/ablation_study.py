@@ -24,7 +24,8 @@ SWEEPS = {"cluster": "configs/sweep_cluster.yaml", "retrieval": "configs/sweep_r
           "ranks": "configs/sweep_ranks.yaml", "constrained": "configs/sweep_constrained.yaml",
           "constrained_kd": "configs/sweep_constrained_kd.yaml",
           "unified_prefix": "configs/sweep_unified_prefix.yaml",
-          "augmented": "configs/sweep_augmented.yaml"}
+          "augmented": "configs/sweep_augmented.yaml",
+          "user_embedding": "configs/sweep_user_embedding.yaml"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
