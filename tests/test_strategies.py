@@ -31,6 +31,7 @@ OPTIONS: dict[str, dict] = {"per_user_lora": {**LONGER, "lr": 5e-2},
                             "constrained_lora": {**LONGER, "lr": 5e-2},
                             "unified_prefix": {**LONGER, "lr": 0.1},
                             "augmented_lora": {**LONGER, "lr": 5e-2, "target_size": 6},
+                            "multitask_lora": {},
                             "prefix_per_user": {**LONGER, "lr": 0.1}, "retrieval_trained": LONGER}
 #: A soft prompt alone does not move the random smoke base off its stop token in a few
 #: steps; its reload is still checked through the weights (equal bytes) and its logits.

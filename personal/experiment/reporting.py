@@ -104,6 +104,11 @@ def _checks_section(run: Run) -> list:
     rows = [["strategy", "check", "value", "turns", "what it means"]]
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         rec = run.read_json(f"diagnostics/{path.name}") or {}
+        for row in rec.get("rows", []):  # a strategy that words its own rows
+            rows.append([rec.get("strategy", path.stem), row["check"], row["value"],
+                         str(row.get("turns", "")), row.get("meaning", "")])
+        if "rows" in rec:
+            continue
         value = rec.get("changed_share")
         rows.append([rec.get("strategy", path.stem), rec.get("check", ""),
                      "\u2014" if value is None else f"{value:.1%} changed",

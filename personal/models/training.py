@@ -87,6 +87,9 @@ def collate(features: Sequence[Features], pad_id: int,
              "attention_mask": attention.to(device), "position_ids": positions.to(device)}
     if "adapter" in features[0]:  # rows of a routed model (per-user tables, one LoRA)
         batch["adapters"] = torch.tensor([f["adapter"] for f in features], device=device)
+    for key in ("aux", "user"):  # labels of auxiliary heads, as they are (lists)
+        if key in features[0]:
+            batch[key] = [f[key] for f in features]
     return batch
 
 
