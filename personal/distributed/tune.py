@@ -230,7 +230,7 @@ def write_results(out: Path, rows: list[dict], keys: list[str], metric: str) -> 
 def marginal_means(rows: list[dict], keys: list[str], metric: str
                    ) -> dict[str, list[tuple[Any, float]]]:
     """Per ablated key: (value, mean metric over the trials with that value), for numeric
-    and categorical values alike, in the grid's order of values. Failed trials (no metric)
+    and categorical values alike: numbers ascending, others in the rows' order. Failed trials (no metric)
     are left out of the means, not counted as zero."""
     out = {}
     for key in keys:
@@ -238,6 +238,8 @@ def marginal_means(rows: list[dict], keys: list[str], metric: str
         for r in rows:
             if r[key] not in values:
                 values.append(r[key])
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            values.sort()  # numbers in their order (the rows come sorted as text)
         points = []
         for v in values:
             scores = [r[metric] for r in rows if r[key] == v and _finite(r.get(metric))]
