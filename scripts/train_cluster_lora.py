@@ -52,6 +52,38 @@ def show_progress(quiet: bool) -> None:
     log.propagate = False  # libraries that configure the root logger would print it twice
 
 
+def train_and_report(args: argparse.Namespace, name: str, options: dict) -> int:
+    """A study script's body: the run config (--config, overrides, --data, then `options`
+    as strategy.<name>.<key>), options checked before any work, train + evaluate, and the
+    headline metrics printed; 2 on bad input. Returns the exit code."""
+    from personal.config import load_config, set_dotted
+    from personal.errors import PersonalError
+    from personal.experiment.context import Context
+    from personal.experiment.pipeline import evaluate_strategy, prepare_base, train_strategy
+    from personal.strategies.registry import get_strategy, strategy_config
+
+    show_progress(args.quiet)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.data:
+            cfg = set_dotted(cfg, "data.path", args.data)
+        for key, value in options.items():
+            if value is not None:
+                cfg = set_dotted(cfg, f"strategy.{name}.{key}", value)
+        strategy_config(get_strategy(name), cfg.strategy.get(name))
+        ctx = Context.create(cfg, args.run)
+        prepare_base(ctx)
+        summary = evaluate_strategy(ctx, name, train_strategy(ctx, name))
+    except PersonalError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    macro = {k: v for k, v in summary["macro"].items() if k in HEADLINE}
+    print(f"{name} on {summary['users']} users ({summary['examples']} turns, "
+          f"{cfg.eval.split} split): " + ", ".join(f"{k}={v:.4f}" for k, v in macro.items()))
+    print(f"metrics and predictions: {args.run} (personal report {args.run})")
+    return 0
+
+
 def main(argv: list[str] | None = None, user_deltas: bool = False,
          prog: str = "python scripts/train_cluster_lora.py", doc: str = __doc__,
          run: str = "runs/main") -> int:

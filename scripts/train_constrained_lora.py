@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_cluster_lora import HEADLINE, show_progress  # noqa: E402  (the scripts' shared parts)
+from train_cluster_lora import train_and_report  # noqa: E402  (the scripts' shared body)
 
 NAME = "constrained_lora"
 
@@ -43,32 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # before the heavy imports: --help and usage errors stay fast
-    from personal.config import load_config, set_dotted
-    from personal.errors import PersonalError
-    from personal.experiment.context import Context
-    from personal.experiment.pipeline import evaluate_strategy, prepare_base, train_strategy
-
-    show_progress(args.quiet)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.data:
-            cfg = set_dotted(cfg, "data.path", args.data)
-        for key in ("l2_lambda", "rank", "kd_weight", "kd_temperature"):
-            if getattr(args, key) is not None:
-                cfg = set_dotted(cfg, f"strategy.{NAME}.{key}", getattr(args, key))
-        if args.kd:
-            cfg = set_dotted(cfg, f"strategy.{NAME}.kd", True)
-        ctx = Context.create(cfg, args.run)
-        prepare_base(ctx)
-        summary = evaluate_strategy(ctx, NAME, train_strategy(ctx, NAME))
-    except PersonalError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    macro = {k: v for k, v in summary["macro"].items() if k in HEADLINE}
-    print(f"{NAME} on {summary['users']} users ({summary['examples']} turns, "
-          f"{cfg.eval.split} split): " + ", ".join(f"{k}={v:.4f}" for k, v in macro.items()))
-    print(f"metrics and predictions: {args.run} (personal report {args.run})")
-    return 0
+    return train_and_report(args, NAME, {"l2_lambda": args.l2_lambda, "rank": args.rank,
+                                         "kd_weight": args.kd_weight,
+                                         "kd_temperature": args.kd_temperature,
+                                         "kd": True if args.kd else None})
 
 
 if __name__ == "__main__":

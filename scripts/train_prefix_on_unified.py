@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_cluster_lora import HEADLINE, show_progress  # noqa: E402  (the scripts' shared parts)
+from train_cluster_lora import train_and_report  # noqa: E402  (the scripts' shared body)
 
 NAME = "unified_prefix"
 
@@ -41,38 +41,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # before the heavy imports: --help and usage errors stay fast
-    from personal.config import load_config, set_dotted
-    from personal.errors import PersonalError
-    from personal.experiment.context import Context
-    from personal.experiment.pipeline import evaluate_strategy, prepare_base, train_strategy
-    from personal.strategies.registry import get_strategy, strategy_config
-    from personal.strategies.unified_prefix import DIAGNOSTICS
-
-    show_progress(args.quiet)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.data:
-            cfg = set_dotted(cfg, "data.path", args.data)
-        for key, value in (("prefix_len", args.prefix_length),
-                           ("unified_path", args.unified_lora_path)):
-            if value is not None:
-                cfg = set_dotted(cfg, f"strategy.{NAME}.{key}", value)
-        strategy_config(get_strategy(NAME), cfg.strategy.get(NAME))  # options, before work
-        ctx = Context.create(cfg, args.run)
-        prepare_base(ctx)
-        summary = evaluate_strategy(ctx, NAME, train_strategy(ctx, NAME))
-    except PersonalError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    macro = {k: v for k, v in summary["macro"].items() if k in HEADLINE}
-    print(f"{NAME} on {summary['users']} users ({summary['examples']} turns, "
-          f"{cfg.eval.split} split): " + ", ".join(f"{k}={v:.4f}" for k, v in macro.items()))
-    swap = ctx.run.read_json(DIAGNOSTICS) or {}
-    if swap.get("changed_share") is not None:
+    code = train_and_report(args, NAME, {"prefix_len": args.prefix_length,
+                                         "unified_path": args.unified_lora_path})
+    swap = read_swap(Path(args.run)) if code == 0 else None
+    if swap:
         print(f"prompt swap: {swap['changed_share']:.1%} of {swap['swap_turns']} test turns "
               "change when another user's prompt answers them")
-    print(f"metrics and predictions: {args.run} (personal report {args.run})")
-    return 0
+    return code
+
+
+def read_swap(run: Path):
+    from personal.experiment.runs import Run
+    from personal.strategies.unified_prefix import DIAGNOSTICS
+
+    record = Run(run).read_json(DIAGNOSTICS) or {}
+    return record if record.get("changed_share") is not None else None
 
 
 if __name__ == "__main__":

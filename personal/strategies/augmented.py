@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 from personal.data.io import read_splits
-from personal.data.safety import child_path
 from personal.data.validate import load_dataset
 from personal.errors import PersonalError
 from personal.hashing import files_fingerprint
 from personal.strategies import unified
 from personal.strategies.augment import augment_users, check_methods, write_augmented
-from personal.strategies.common import (fleet_schedule, fleet_summary, per_user_route,
-                                        routed_predictor, user_groups, val_groups)
+from personal.strategies.common import (fleet_schedule, fleet_summary, own_or_fallback_predictor,
+                                        user_groups, val_groups)
 from personal.strategies.fleet import FleetSpec, spec_dict, train_fleet
 from personal.strategies.keys import training_inputs
 from personal.strategies.registry import Unit, register_strategy, servable
@@ -182,10 +181,7 @@ def stages(ctx, scfg: AugmentedConfig) -> list:
 
 
 def predictor(ctx, scfg: AugmentedConfig):
-    names = sorted(user_groups(ctx, "train"))
-    folders = [child_path(ctx.run.path / FOLDER, n, "persona id") for n in names] + \
-        [ctx.run.path / unified.ADAPTER]
-    return routed_predictor(ctx, folders, per_user_route(names, len(names)))
+    return own_or_fallback_predictor(ctx, FOLDER, unified.ADAPTER)
 
 
 def routes(ctx, scfg: AugmentedConfig) -> RouteTable:

@@ -115,6 +115,19 @@ def routed_predictor(ctx, folders: Sequence[Path], route: Callable[[Example], ob
     return predict
 
 
+def own_or_fallback_predictor(ctx, folder: str, fallback: str) -> Callable[[list[Example]],
+                                                                         list[str]]:
+    """The predictor of a per-user fleet: each training user answered by `folder/<user>`,
+    everybody else (cold-start users) by the run-relative folder `fallback`, out of one
+    stack (so `fallback` has the users' shape)."""
+    from personal.data.safety import child_path
+
+    names = sorted(user_groups(ctx, "train"))
+    folders = [child_path(ctx.run.path / folder, n, "persona id") for n in names]
+    return routed_predictor(ctx, folders + [ctx.run.path / fallback],
+                            per_user_route(names, len(names)))
+
+
 def per_user_route(names: Sequence[str], fallback: Optional[int]) -> Callable[[Example], int]:
     """Route a user's turns to the adapter named after them; other users to `fallback`
     (e.g. the unified adapter's slot; None makes an unknown user an error)."""

@@ -15,12 +15,11 @@ from typing import Optional
 
 import torch
 
-from personal.data.safety import child_path
 from personal.engine import concat_peft, import_peft
 from personal.errors import PersonalError
 from personal.strategies import unified
-from personal.strategies.common import (fleet_schedule, fleet_unit, per_user_route,
-                                        routed_predictor, user_groups, val_groups)
+from personal.strategies.common import (fleet_schedule, fleet_unit, own_or_fallback_predictor,
+                                        user_groups, val_groups)
 from personal.strategies.fleet import FleetSpec
 from personal.strategies.registry import register_strategy, servable
 from personal.strategies.routes import Route, RouteTable, own_or
@@ -114,10 +113,7 @@ def stages(ctx, scfg: ConstrainedConfig) -> list:
 
 
 def predictor(ctx, scfg: ConstrainedConfig):
-    names = sorted(user_groups(ctx, "train"))
-    folders = [child_path(ctx.run.path / FOLDER, n, "persona id") for n in names] + \
-        [ctx.run.path / COLD_START]
-    return routed_predictor(ctx, folders, per_user_route(names, len(names)))
+    return own_or_fallback_predictor(ctx, FOLDER, COLD_START)
 
 
 def routes(ctx, scfg: ConstrainedConfig) -> RouteTable:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from personal.data.safety import child_path
 from personal.strategies import unified
-from personal.strategies.common import (fleet_schedule, fleet_unit, per_user_route,
-                                        routed_predictor, user_groups, val_groups)
+from personal.strategies.common import (fleet_schedule, fleet_unit, own_or_fallback_predictor,
+                                        user_groups, val_groups)
 from personal.strategies.fleet import FleetSpec
 from personal.strategies.registry import register_strategy, servable
 from personal.strategies.routes import Route, RouteTable, own_or
@@ -54,10 +53,7 @@ def stages(ctx, scfg: HybridConfig) -> list:
 
 
 def predictor(ctx, scfg: HybridConfig):
-    names = sorted(user_groups(ctx, "train"))
-    folders = [child_path(ctx.run.path / FOLDER, n, "persona id") for n in names] + \
-        [ctx.run.path / unified.ADAPTER]
-    return routed_predictor(ctx, folders, per_user_route(names, len(names)))
+    return own_or_fallback_predictor(ctx, FOLDER, unified.ADAPTER)
 
 
 def routes(ctx, scfg: HybridConfig) -> RouteTable:

@@ -30,8 +30,8 @@ from personal.engine.peft_io import CONFIG_FILE, PROMPTS_FILE, WEIGHTS_FILE
 from personal.errors import PersonalError
 from personal.models.lora import spread_sample
 from personal.strategies import unified
-from personal.strategies.common import (fleet_schedule, fleet_unit, load_stack, per_user_route,
-                                        routed_predictor, user_groups, val_groups)
+from personal.strategies.common import (fleet_schedule, fleet_unit, load_stack,
+                                        own_or_fallback_predictor, user_groups, val_groups)
 from personal.strategies.fleet import FleetSpec
 from personal.strategies.keys import training_inputs
 from personal.strategies.registry import Unit, register_strategy, servable
@@ -241,10 +241,7 @@ def stages(ctx, scfg: UnifiedPrefixConfig) -> list:
 
 
 def predictor(ctx, scfg: UnifiedPrefixConfig):
-    names = sorted(user_groups(ctx, "train"))
-    folders = [child_path(ctx.run.path / FOLDER, n, "persona id") for n in names] + \
-        [ctx.run.path / COLD_START]
-    return routed_predictor(ctx, folders, per_user_route(names, len(names)))
+    return own_or_fallback_predictor(ctx, FOLDER, COLD_START)
 
 
 def routes(ctx, scfg: UnifiedPrefixConfig) -> RouteTable:

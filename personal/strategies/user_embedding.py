@@ -26,8 +26,7 @@ from torch import nn
 
 from personal.data.safety import child_path
 from personal.errors import PersonalError
-from personal.strategies.common import (per_user_route, routed_predictor, user_groups,
-                                        val_groups)
+from personal.strategies.common import (own_or_fallback_predictor, user_groups, val_groups)
 from personal.strategies.keys import training_inputs
 from personal.strategies.registry import Unit, register_strategy, servable
 from personal.strategies.routes import Route, RouteTable, own_or
@@ -209,10 +208,7 @@ def stages(ctx, scfg: UserEmbeddingConfig) -> list:
 
 
 def predictor(ctx, scfg: UserEmbeddingConfig):
-    names = sorted(user_groups(ctx, "train"))
-    folders = [child_path(ctx.run.path / FOLDER, n, "persona id") for n in names] + \
-        [ctx.run.path / COLD_START]
-    return routed_predictor(ctx, folders, per_user_route(names, len(names)))
+    return own_or_fallback_predictor(ctx, FOLDER, COLD_START)
 
 
 def routes(ctx, scfg: UserEmbeddingConfig) -> RouteTable:
