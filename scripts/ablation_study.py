@@ -25,7 +25,7 @@ SWEEPS = {"cluster": "configs/sweep_cluster.yaml", "retrieval": "configs/sweep_r
           "constrained_kd": "configs/sweep_constrained_kd.yaml",
           "unified_prefix": "configs/sweep_unified_prefix.yaml",
           "augmented": "configs/sweep_augmented.yaml",
-          "user_embedding": "configs/sweep_user_embedding.yaml",
+          "user_embedding": "configs/sweep_user_embedding.yaml", "meta": "configs/sweep_meta.yaml",
           **{f"multitask_{h}": f"configs/sweep_multitask_{h}.yaml"
              for h in ("persona", "device", "param")}}
 

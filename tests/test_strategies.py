@@ -32,6 +32,8 @@ OPTIONS: dict[str, dict] = {"per_user_lora": {**LONGER, "lr": 5e-2},
                             "unified_prefix": {**LONGER, "lr": 0.1},
                             "augmented_lora": {**LONGER, "lr": 5e-2, "target_size": 6},
                             "multitask_lora": {},
+                            "meta_lora": {"support_size": 2, "meta_steps": 3, "users_per_step": 2,
+                                          "inner_steps": 3, "inner_lr": 0.5},
                             "prefix_per_user": {**LONGER, "lr": 0.1}, "retrieval_trained": LONGER}
 #: A soft prompt alone does not move the random smoke base off its stop token in a few
 #: steps; its reload is still checked through the weights (equal bytes) and its logits.
