@@ -202,7 +202,8 @@ def stages(ctx, scfg: UserEmbeddingConfig) -> list:
     if scfg.swap_turns:
         out.append([swap_unit(ctx, NAME, FOLDER, scfg.swap_turns, unit.inputs,
                               "user-vector shuffle", "share of test turns whose output "
-                              "changes when another user's vector answers them",
+                              "changes when another user's vector answers them; "
+                              f"{scfg.dim} trained parameters per user",
                               {"params_per_user": scfg.dim})])
     return out
 
