@@ -265,8 +265,8 @@ def diagnostic_rows(record: dict) -> list[dict]:
             rows.append({"check": label,
                          "value": f"val {fmt(acc['val'][key])} (train {fmt(acc['train'][key])})",
                          "turns": acc["val"]["turns"],
-                         "meaning": f"labels from {record['labels']}; far better on train "
-                                    "than on validation: the head memorises"})
+                         "meaning": f"labels from {record['labels']}; a head far better on "
+                                    "train than on validation memorises"})
     return rows
 
 
