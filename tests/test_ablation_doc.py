@@ -18,7 +18,7 @@ def test_marginal_means_by_hand():
     assert means["method"] == [("a", 0.60), ("b", 0.60)]
     rows = [{"k": 10, "emb_sim": 0.1}, {"k": 3, "emb_sim": 0.3}, {"k": None, "emb_sim": 0.2}]
     assert [v for v, _ in marginal_means(rows[:2], ["k"], "emb_sim")["k"]] == [3, 10]
-    assert [v for v, _ in marginal_means(rows, ["k"], "emb_sim")["k"]] == [10, 3, None]
+    assert [v for v, _ in marginal_means(rows, ["k"], "emb_sim")["k"]] == [3, 10, None]
 
 
 def test_record_names_the_best_trial_and_the_failed_one(tmp_path):

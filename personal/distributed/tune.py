@@ -230,7 +230,7 @@ def write_results(out: Path, rows: list[dict], keys: list[str], metric: str) -> 
 def marginal_means(rows: list[dict], keys: list[str], metric: str
                    ) -> dict[str, list[tuple[Any, float]]]:
     """Per ablated key: (value, mean metric over the trials with that value), for numeric
-    and categorical values alike: numbers ascending, others in the rows' order. Failed trials (no metric)
+    and categorical values alike: numbers ascending (None last), others in the rows' order. Failed trials (no metric)
     are left out of the means, not counted as zero."""
     out = {}
     for key in keys:
@@ -238,8 +238,10 @@ def marginal_means(rows: list[dict], keys: list[str], metric: str
         for r in rows:
             if r[key] not in values:
                 values.append(r[key])
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            values.sort()  # numbers in their order (the rows come sorted as text)
+        numbers = [v for v in values if v is not None]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            # numbers in their order (the rows come sorted as text), None (auto) last
+            values = sorted(numbers) + ([None] if None in values else [])
         points = []
         for v in values:
             scores = [r[metric] for r in rows if r[key] == v and _finite(r.get(metric))]
