@@ -19,15 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-#: Sweep name -> its file; a strategy issue adds its own here.
-SWEEPS = {"cluster": "configs/sweep_cluster.yaml", "retrieval": "configs/sweep_retrieval.yaml",
-          "ranks": "configs/sweep_ranks.yaml", "constrained": "configs/sweep_constrained.yaml",
-          "constrained_kd": "configs/sweep_constrained_kd.yaml",
-          "unified_prefix": "configs/sweep_unified_prefix.yaml",
-          "augmented": "configs/sweep_augmented.yaml",
-          "user_embedding": "configs/sweep_user_embedding.yaml", "meta": "configs/sweep_meta.yaml",
-          **{f"multitask_{h}": f"configs/sweep_multitask_{h}.yaml"
-             for h in ("persona", "device", "param")}}
+#: Sweep name -> its file: every `configs/sweep_<name>.yaml` (a strategy adds its sweep by
+#: adding the file).
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SWEEPS = {p.stem[len("sweep_"):]: f"configs/{p.name}"
+          for p in sorted(CONFIGS.glob("sweep_*.yaml"))}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,7 +89,7 @@ def run_one(name: str, args: argparse.Namespace, cfg) -> list[Path]:
     from personal.distributed.tune import parse_grid, run_sweep, write_ablation_doc
     from ray_jobs.sweep import read_sweep_file  # the entry-point layer, beside this script
 
-    spec = read_sweep_file(SWEEPS[name])
+    spec = read_sweep_file(str(CONFIGS.parent / SWEEPS[name]))
     grid = parse_grid(spec["grid"], cfg)
     with ray_runtime(cfg.ray.address, None, tempfile.mkdtemp(prefix="personal-ray-")):
         out = run_sweep(cfg, Path(args.work) / name, grid, strategy=spec["strategy"],

@@ -67,16 +67,20 @@ def fleet_unit(ctx, name: str, groups: dict[str, list[Example]],
     workers when the Ray executor runs; finished adapters are skipped inside the fleet too,
     so an interrupted fleet resumes adapter by adapter. `upstream`: input hashes of the
     units it builds on (e.g. the unified adapter it starts from)."""
-    keys = {n: [(e.persona_id, e.session_id, e.turn_index) for e in exs]
-            for n, exs in sorted(groups.items())}
-    vkeys = {n: [(e.persona_id, e.session_id, e.turn_index) for e in exs]
-             for n, exs in sorted(vals.items())}
-    inputs = training_inputs(ctx, name, keys, vkeys, spec_dict(spec), list(upstream))
+    inputs = training_inputs(ctx, name, example_keys(groups), example_keys(vals),
+                             spec_dict(spec), list(upstream))
 
     def work() -> dict:
         return fleet_summary(train_fleet(ctx, groups, vals, spec=spec))
 
     return Unit(name, inputs, work, [spec.folder])
+
+
+def example_keys(groups: dict[str, list[Example]]) -> dict[str, list[tuple]]:
+    """{group: its examples' (persona, session, turn)}, sorted by group: what a training
+    unit's input hash holds of its data."""
+    return {n: [(e.persona_id, e.session_id, e.turn_index) for e in exs]
+            for n, exs in sorted(groups.items())}
 
 
 def fleet_summary(records: dict[str, dict]) -> dict:

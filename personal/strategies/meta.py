@@ -109,26 +109,17 @@ def inner_loop(ctx, state: dict, datasets: list[list[dict]], steps: int, lr: flo
                batch_size: int, seeds: list[int]):
     """Every dataset's inner loop at once from `state`: `steps` plain SGD steps at `lr`,
     each on the slot's next batch (its own order, seeded); returns the stacked model."""
-    from personal.engine.sampler import adapter_batches, collate, target_count
+    from personal.engine.sampler import adapter_batches
     from personal.engine.stacked_lora import stacked_parameters
-    from personal.engine.train import _row_losses
 
     model = stack_model(ctx, len(datasets), state).train()
     params = [p for p in stacked_parameters(model).values() if p.requires_grad]
     plans = [adapter_batches(len(d), batch_size, float(steps), steps, s) for d, s in
              zip(datasets, seeds)]
-    tok = ctx.base[1]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     for step in range(steps):
         rows = [(j, datasets[j][i]) for j, plan in enumerate(plans) if step < len(plan)
                 for i in plan[step]]
-        counts = {}
-        for j, ex in rows:
-            counts[j] = counts.get(j, 0) + target_count(ex, False)
-        batch = collate(rows, pad, next(model.parameters()).device)
-        scale = torch.tensor([1.0 / counts[j] for j, _ in rows])
-        total, _ = _row_losses(model, batch, scale)
-        total.backward()
+        slot_mean_loss(ctx, model, rows).backward()
         with torch.no_grad():
             for p in params:
                 if p.grad is not None:
@@ -137,22 +128,27 @@ def inner_loop(ctx, state: dict, datasets: list[list[dict]], steps: int, lr: flo
     return model
 
 
-def query_grads(ctx, model, datasets: list[list[dict]]) -> dict[str, torch.Tensor]:
-    """The mean over slots of each slot's query-loss gradient at its current weights."""
+def slot_mean_loss(ctx, model, rows: list[tuple[int, dict]]) -> torch.Tensor:
+    """Sum over slots of each slot's token-mean loss on its (slot, example) rows: slots are
+    disjoint parameters, so each gets exactly its own loss's gradient."""
     from personal.engine.sampler import collate, target_count
-    from personal.engine.stacked_lora import stacked_parameters
     from personal.engine.train import _row_losses
+    from personal.models.lora import pad_id
 
-    params = stacked_parameters(model)
-    rows = [(j, ex) for j, d in enumerate(datasets) for ex in d]
-    counts = {}
+    counts: dict[int, int] = {}
     for j, ex in rows:
         counts[j] = counts.get(j, 0) + target_count(ex, False)
-    tok = ctx.base[1]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    batch = collate(rows, pad, next(model.parameters()).device)
+    batch = collate(rows, pad_id(ctx.base[1]), next(model.parameters()).device)
     total, _ = _row_losses(model, batch, torch.tensor([1.0 / counts[j] for j, _ in rows]))
-    total.backward()
+    return total
+
+
+def query_grads(ctx, model, datasets: list[list[dict]]) -> dict[str, torch.Tensor]:
+    """The mean over slots of each slot's query-loss gradient at its current weights."""
+    from personal.engine.stacked_lora import stacked_parameters
+
+    params = stacked_parameters(model)
+    slot_mean_loss(ctx, model, [(j, ex) for j, d in enumerate(datasets) for ex in d]).backward()
     return {k: p.grad.mean(0).detach().clone() for k, p in params.items() if p.grad is not None}
 
 

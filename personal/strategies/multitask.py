@@ -134,19 +134,25 @@ def _segment_text(feature: dict, start: int, tokenizer) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def head_losses(model, batch: dict, scfg: MultitaskConfig) -> dict[str, torch.Tensor]:
-    """Each head's loss on the batch's segments (from one forward with hidden states)."""
+def segment_hidden(model, batch: dict) -> tuple[torch.Tensor, list[dict], list[int]]:
+    """(the last hidden state at each target segment's start [N, hidden], the segments'
+    label records, their users), from one forward with hidden states."""
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
     hidden = model(**inputs, use_cache=False, output_hidden_states=True).hidden_states[-1]
     where = segment_starts(batch["labels"])
-    rows = torch.tensor([r for r, _ in where])
-    h = hidden[rows, torch.tensor([t for _, t in where])].float()
+    h = hidden[torch.tensor([r for r, _ in where]), torch.tensor([t for _, t in where])].float()
     records = [rec for aux in batch["aux"] for rec in aux]
     if len(records) != len(where):
         raise PersonalError(f"multitask: {len(where)} target segments but {len(records)} "
                             "label records")
+    return h, records, [batch["user"][r] for r, _ in where]
+
+
+def head_losses(model, batch: dict, scfg: MultitaskConfig) -> dict[str, torch.Tensor]:
+    """Each head's loss on the batch's segments."""
+    h, records, segment_users = segment_hidden(model, batch)
     heads = model.personal_heads
-    users = torch.tensor([batch["user"][r] for r in rows.tolist()])
+    users = torch.tensor(segment_users)
     devices = torch.tensor([rec["devices"] for rec in records])
     values = torch.tensor([rec["values"] for rec in records])
     mask = torch.tensor([rec["mask"] for rec in records])
@@ -224,17 +230,9 @@ def head_accuracy(model, features: list[dict], scfg: MultitaskConfig) -> dict:
     wanted = head_list(scfg)
     hits = {"persona": [], "device": [], "param_err": []}
     for i in range(0, len(features), 16):
-        batch = collate(features[i:i + 16], 0)
-        batch["aux"] = [f["aux"] for f in features[i:i + 16]]
-        batch["user"] = [f["user"] for f in features[i:i + 16]]
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
-        hidden = model(**inputs, use_cache=False, output_hidden_states=True).hidden_states[-1]
-        where = segment_starts(batch["labels"])
-        recs = [rec for aux in batch["aux"] for rec in aux]
-        h = hidden[torch.tensor([r for r, _ in where]),
-                   torch.tensor([t for _, t in where])].float()
+        batch = collate(features[i:i + 16], 0)  # carries each feature's aux and user
+        h, recs, users = segment_hidden(model, batch)
         heads = model.personal_heads
-        users = [batch["user"][r] for r, _ in where]
         hits["persona"] += (heads.persona(h).argmax(1) == torch.tensor(users)).tolist()
         pred = heads.device(h) > 0
         hits["device"] += (pred == torch.tensor([r["devices"] for r in recs]).bool()).all(1).tolist()

@@ -35,7 +35,7 @@ log = logging.getLogger("personal")
 ENTRY_POINT_GROUP = "personal.strategies"
 
 #: Modules of this package that are not strategies (they serve several).
-SHARED_MODULES = {"registry", "common", "fleet", "routes", "retrieval_index", "augment"}
+SHARED_MODULES = {"registry", "common", "fleet", "routes", "retrieval_index"}
 
 
 @dataclass

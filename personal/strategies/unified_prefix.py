@@ -30,7 +30,7 @@ from personal.engine.peft_io import CONFIG_FILE, PROMPTS_FILE, WEIGHTS_FILE
 from personal.errors import PersonalError
 from personal.models.lora import spread_sample
 from personal.strategies import unified
-from personal.strategies.common import (fleet_schedule, fleet_unit, load_stack,
+from personal.strategies.common import (example_keys, fleet_schedule, fleet_unit, load_stack,
                                         own_or_fallback_predictor, user_groups, val_groups)
 from personal.strategies.fleet import FleetSpec
 from personal.strategies.keys import training_inputs
@@ -206,10 +206,7 @@ def train_joint(ctx, scfg: UnifiedPrefixConfig, groups: dict, vals: dict) -> dic
 
 
 def joint_unit(ctx, scfg: UnifiedPrefixConfig, groups: dict, vals: dict) -> Unit:
-    keys = {n: [(e.persona_id, e.session_id, e.turn_index) for e in exs]
-            for n, exs in sorted(groups.items())}
-    vkeys = {n: [(e.persona_id, e.session_id, e.turn_index) for e in exs]
-             for n, exs in sorted(vals.items())}
+    keys, vkeys = example_keys(groups), example_keys(vals)
     inputs = training_inputs(ctx, f"train/{NAME}", "joint", keys, vkeys, scfg.prefix_len,
                              scfg.lr)
     return Unit(f"train/{NAME}", inputs, lambda: train_joint(ctx, scfg, groups, vals), [FOLDER])

@@ -26,7 +26,8 @@ from torch import nn
 
 from personal.data.safety import child_path
 from personal.errors import PersonalError
-from personal.strategies.common import (own_or_fallback_predictor, user_groups, val_groups)
+from personal.strategies.common import (example_keys, own_or_fallback_predictor, user_groups,
+                                        val_groups)
 from personal.strategies.keys import training_inputs
 from personal.strategies.registry import Unit, register_strategy, servable
 from personal.strategies.routes import Route, RouteTable, own_or
@@ -191,10 +192,7 @@ def export(ctx, adapted, names: list[str], scfg: UserEmbeddingConfig) -> None:
 
 def stages(ctx, scfg: UserEmbeddingConfig) -> list:
     groups, vals = user_groups(ctx, "train"), val_groups(ctx, scfg.val_turns)
-    keys = {n: [(e.persona_id, e.session_id, e.turn_index) for e in exs]
-            for n, exs in sorted(groups.items())}
-    vkeys = {n: [(e.persona_id, e.session_id, e.turn_index) for e in exs]
-             for n, exs in sorted(vals.items())}
+    keys, vkeys = example_keys(groups), example_keys(vals)
     options = {k: v for k, v in dataclasses.asdict(scfg).items() if k != "swap_turns"}
     unit = Unit(f"train/{NAME}", training_inputs(ctx, f"train/{NAME}", keys, vkeys, options),
                 lambda: train(ctx, scfg, groups, vals), [FOLDER, COLD_START, VECTORS])
