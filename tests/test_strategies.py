@@ -34,7 +34,8 @@ OPTIONS: dict[str, dict] = {"per_user_lora": {**LONGER, "lr": 5e-2},
                             "multitask_lora": {},
                             "meta_lora": {"support_size": 2, "meta_steps": 3, "users_per_step": 2,
                                           "inner_steps": 3, "inner_lr": 0.5},
-                            "prefix_per_user": {**LONGER, "lr": 0.1}, "retrieval_trained": LONGER}
+                            "prefix_per_user": {**LONGER, "lr": 0.1}, "retrieval_trained": LONGER,
+                            "moe_lora": {"label_turns": 4, "diagnostic_turns": 6}}
 #: A soft prompt alone does not move the random smoke base off its stop token in a few
 #: steps; its reload is still checked through the weights (equal bytes) and its logits.
 SILENT = {"prefix_per_user"}
@@ -146,7 +147,8 @@ def test_served_answers_equal_offline_predictions_or_serving_is_refused(once, na
     from personal.distributed.runtime import config_payload
     from personal.distributed.serve import AdapterGenerator
     from personal.errors import PersonalError
-    from personal.serving.routing import AssistRequest, ServeConfig, route_table
+    from personal.serving.routing import (AssistRequest, ServeConfig, decide, request_router,
+                                          route_table)
 
     spec, ctx = get_strategy(name), once(name)
     if not spec.serving.servable:
@@ -159,7 +161,10 @@ def test_served_answers_equal_offline_predictions_or_serving_is_refused(once, na
     core = AdapterGenerator(config_payload(ctx.cfg), ctx.run.path, table.folders(),
                             ServeConfig(max_loaded_adapters=2))
     requests = [AssistRequest(e.persona_id, e.meta, tuple(e.history)) for e in examples]
-    served = core.answer(requests, [table.route(e.persona_id) for e in examples])
+    # the request router (moe_lora's, retrieval's) decides each request as the app's
+    # RequestRouter deployment does; other strategies route by their table
+    decisions = decide(table, request_router(ctx, name), requests)
+    served = core.answer(requests, [d.route for d in decisions], [d.context for d in decisions])
     assert [r["text"] for r in served] == predict(ctx, name, examples)
 
 

@@ -13,7 +13,13 @@
          -d '{"user_id": "persona_003", "meta": null,
               "messages": [{"role": "user", "text": "Lights to 40 please."}]}'
 
-Routes: POST /v1/assist, GET /healthz, GET /openapi.json. Status codes: 400 a body that is
+With a strategy whose route depends on the request (moe_lora's learned router, retrieval's
+index), a RequestRouter deployment sits between the two: it decides each batch of requests'
+routes (mixture weights over experts) and prompt contexts (retrieved exchanges) in one call;
+the response names the experts and weights used, and the exchanges retrieved.
+
+Routes: POST /v1/assist, POST /v1/chat/completions (the OpenAI form, `personal.serving.
+openai_api`), GET /healthz, GET /openapi.json. Status codes: 400 a body that is
 not JSON (or nested too deeply, or with a key given twice), 403 a Host header naming another
 server, 415 a body that is not application/json, 422 a bad request (`error` names the
 field), 500 a request that failed alone (its batch was answered), 503 the generator failed or
@@ -28,6 +34,7 @@ and Ray 2.60 configures no header-read timeout. Serve on a trusted network.
 # as objects, in processes where the pickled class has no module globals to resolve names in.
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -51,11 +58,15 @@ from personal.data.validate import DuplicateKey, loads
 from personal.errors import PersonalError, Terminated
 from personal.eval.parser import parse_actions
 from personal.experiment.pipeline import strategy_units, trained_strategies
-from personal.serving.routing import (AdapterSlots, AssistRequest, RequestError, Route,
-                                      RouteTable, ServeConfig, allowed_hosts, batch_groups,
-                                      check_host, check_port, check_servable, host_of,
-                                      parse_request, request_example, request_schema,
+from personal.serving.openai_api import (chat_completion, chat_schema, error_object,
+                                         parse_chat_request)
+from personal.serving.routing import (AdapterSlots, AssistRequest, Decision, RequestError,
+                                      Route, RouteTable, ServeConfig, allowed_hosts,
+                                      batch_groups, check_host, check_port, check_servable,
+                                      decide, experts_of, host_of, parse_request,
+                                      request_example, request_router, request_schema,
                                       route_table)
+from personal.strategies.registry import get_strategy
 from personal.strategies.registry import servable_strategies
 
 APP_NAME = "personal"
@@ -95,14 +106,17 @@ class AdapterGenerator:
         self.counts = {"batches": 0, "passes": 0, "requests": 0}
         self._lock = threading.Lock()  # slots and the stack's routing are shared state
 
-    def answer(self, requests: Sequence[AssistRequest], routes: Sequence[Route]) -> list[dict]:
+    def answer(self, requests: Sequence[AssistRequest], routes: Sequence[Route],
+               contexts: Optional[Sequence[Optional[str]]] = None) -> list[dict]:
         """One result per request, in order: {"text": ...} or {"error": ...} for a request
-        whose prompt cannot fit (the others are answered)."""
+        whose prompt cannot fit (the others are answered). `contexts`: each request's text
+        beyond the run's format (its request router's retrieved block; None: none)."""
+        contexts = list(contexts) if contexts is not None else [None] * len(requests)
         with self._lock:
             self.counts["batches"] += 1
             self.counts["requests"] += len(requests)
             out: list[dict] = [{} for _ in requests]
-            prompts = [self._prompt(r, out[i]) for i, r in enumerate(requests)]
+            prompts = [self._prompt(r, out[i], contexts[i]) for i, r in enumerate(requests)]
             ok = [i for i, p in enumerate(prompts) if p is not None]
             for group in batch_groups([routes[i] for i in ok], self.slots.size):
                 rows = [ok[j] for j in group]
@@ -128,15 +142,18 @@ class AdapterGenerator:
                                      f"({type(err).__name__})", "failed": True})
         return out
 
-    def _prompt(self, req: AssistRequest, result: dict) -> Optional[list[int]]:
+    def _prompt(self, req: AssistRequest, result: dict,
+                context: Optional[str] = None) -> Optional[list[int]]:
         """The offline prompt of the request, or None with `result["error"]` set when the
         user's last message does not fit the model's context (the format drops history
         oldest first, and would drop that message too: an answer to nothing)."""
         example, n = request_example(req), self.gen.max_new_tokens
         last = f"messages[{len(req.messages) - 1}].text"
+        fmt = self.fmt if context is None else \
+            dataclasses.replace(self.fmt, extra_context=lambda e: context)
         try:
-            ids = self.fmt.prompt_ids(self.tokenizer, example, n)
-            bare = self.fmt.prompt_ids(self.tokenizer, dataclasses.replace(example, history=[]), n)
+            ids = fmt.prompt_ids(self.tokenizer, example, n)
+            bare = fmt.prompt_ids(self.tokenizer, dataclasses.replace(example, history=[]), n)
         except PersonalError as err:  # not even the system prompt fits
             result.update(error=f"{last}: {err}", field=last)
             return None
@@ -197,16 +214,35 @@ class Generator:
         self.answer.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def answer(self, items: list[tuple[AssistRequest, Route]]) -> list[dict]:
-        requests, routes = zip(*items)
+    async def answer(self, items: list[tuple[AssistRequest, Route, Optional[str]]]
+                     ) -> list[dict]:
+        requests, routes, contexts = zip(*items)
         # Decoding runs on the replica's event loop, not in a thread: the decoding loop holds
         # the GIL most of the time, so a thread only slowed the loop that fills the next batch
         # (smoke world, 32 clients on 2 CPUs: batches of 2.1 vs 10.7 requests, 13 vs 32 req/s).
         # Serve runs user code on its own loop, so health checks still answer meanwhile.
-        return self.core.answer(list(requests), list(routes))
+        return self.core.answer(list(requests), list(routes), list(contexts))
 
     def stats(self) -> dict[str, Any]:
         return self.core.stats()
+
+
+@serve.deployment(name="RequestRouter")
+class RequestRouter:
+    """The strategy's request router (moe_lora's learned router, retrieval's index), in
+    front of the generator: each batch of requests gets its routes and prompt contexts in
+    one call (one MiniLM batch). Holds no generator."""
+
+    def __init__(self, payload: dict, run_path: str, strategy: str, scfg: dict):
+        cfg = ServeConfig(**scfg)
+        torch.set_num_threads(cfg.torch_threads)
+        self.router = request_router(worker_context(payload, run_path), strategy)
+        self.decide.set_max_batch_size(cfg.max_batch_size)
+        self.decide.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def decide(self, requests: list[AssistRequest]) -> list[Decision]:
+        return decide(None, self.router, requests)
 
 
 # No /docs or /redoc pages: FastAPI's load their scripts from a public CDN, a blank page on a
@@ -221,12 +257,22 @@ api = FastAPI(title="personal: personalized smart-home assistant", version=__ver
 HEALTH_TIMEOUT_S = 2.0
 
 
+class Expert(BaseModel):
+    """An adapter the answer used and its weight in the mixture."""
+
+    name: str
+    weight: float
+
+
 class AssistResponse(BaseModel):
     """The assistant's turn."""
 
     text: str
     actions: dict[str, dict[str, Any]]
     adapter: str
+    experts: list[Expert]
+    retrieved: Optional[list[dict[str, int]]] = None
+    """The exchanges (session, turn of the user's training data) the prompt carried."""
     latency_ms: float
 
 
@@ -240,11 +286,20 @@ def _error(status: int, message: str, field: Optional[str] = None) -> JSONRespon
 
 
 def _document_limits(cfg: ServeConfig) -> None:
-    """Put this app's limits (not the defaults) into the OpenAPI request schema."""
+    """Put this app's limits (not the defaults) into the OpenAPI request schemas."""
     api.openapi_schema = None
     schema = api.openapi()
-    body = schema["paths"]["/v1/assist"]["post"]["requestBody"]
-    body["content"]["application/json"]["schema"] = request_schema(cfg)
+    for path, body_schema in (("/v1/assist", request_schema), ("/v1/chat/completions",
+                                                               chat_schema)):
+        body = schema["paths"][path]["post"]["requestBody"]
+        body["content"]["application/json"]["schema"] = body_schema(cfg)
+
+
+def openai_error(response: JSONResponse) -> JSONResponse:
+    """An /v1/assist error response in the OpenAI API's error shape, same status."""
+    body = json.loads(response.body)
+    return JSONResponse(error_object(response.status_code, body["error"], body.get("field")),
+                        status_code=response.status_code)
 
 
 # serve.ingress pickles the class when it decorates it: what it calls is defined above.
@@ -254,8 +309,9 @@ class Router:
     """HTTP ingress: validation, user -> route, the generator's answer, parsed actions."""
 
     def __init__(self, generator, table: RouteTable, scfg: dict, info: dict,
-                 hosts: Optional[Sequence[str]] = None):
+                 hosts: Optional[Sequence[str]] = None, request_router=None):
         self.generator, self.table, self.info = generator, table, info
+        self.request_router = request_router
         self.cfg = ServeConfig(**scfg)
         self.hosts = None if hosts is None else set(hosts)
         _document_limits(self.cfg)
@@ -272,6 +328,45 @@ class Router:
                           "content-type")
         return None
 
+    async def _body(self, request: Request) -> tuple[Any, Optional[JSONResponse]]:
+        """(the parsed JSON body, None) or (None, the refusal: 403, 415 or 400)."""
+        refused = self._refused(request, body_expected=True)
+        if refused is not None:
+            return None, refused
+        try:
+            return loads(await request.body()), None  # a key given twice is refused
+        except RecursionError:
+            return None, _error(400, "body: JSON nested too deeply", "body")
+        except DuplicateKey as err:
+            return None, _error(400, f"body: key {str(err)!r} appears twice in one object",
+                                "body")
+        except ValueError as err:  # malformed JSON, not UTF-8
+            return None, _error(400, f"body: not valid JSON ({err})", "body")
+
+    async def _answer(self, req: AssistRequest, start: float):
+        """The answer record of a valid request, or the error response (500, 503, 422)."""
+        try:
+            if self.request_router is not None:
+                decision = await self.request_router.decide.remote(req)
+            else:
+                decision = decide(self.table, None, [req])[0]
+        except Exception as err:  # noqa: BLE001 - a dead or restarting replica: retryable
+            return _error(503, f"request router unavailable ({type(err).__name__}); retry")
+        try:
+            result = await self.generator.answer.remote(
+                (req, decision.route, decision.context))
+        except Exception as err:  # noqa: BLE001 - a dead or restarting replica: retryable
+            return _error(503, f"generator unavailable ({type(err).__name__}); retry")
+        if result.get("failed"):
+            return _error(500, result["error"])
+        if "error" in result:
+            return _error(422, result["error"], result.get("field"))
+        return {"text": result["text"], "actions": parse_actions(result["text"]),
+                "adapter": decision.route.label,
+                "experts": decision.info.get("experts", experts_of(decision.route)),
+                "retrieved": decision.info.get("retrieved"),
+                "latency_ms": (time.perf_counter() - start) * 1000}
+
     @api.post("/v1/assist", response_model=AssistResponse,
               responses={code: {"model": ErrorResponse}
                          for code in (400, 403, 415, 422, 500, 503)},
@@ -280,32 +375,37 @@ class Router:
     async def assist(self, request: Request):
         """The assistant's next turn for `user_id`, given the dialogue so far."""
         start = time.perf_counter()
-        refused = self._refused(request, body_expected=True)
+        body, refused = await self._body(request)
         if refused is not None:
             return refused
-        try:
-            body = loads(await request.body())  # refuses a key given twice, as the data does
-        except RecursionError:
-            return _error(400, "body: JSON nested too deeply", "body")
-        except DuplicateKey as err:
-            return _error(400, f"body: key {str(err)!r} appears twice in one object", "body")
-        except ValueError as err:  # malformed JSON, not UTF-8
-            return _error(400, f"body: not valid JSON ({err})", "body")
         try:
             req = parse_request(body, self.cfg)
         except RequestError as err:
             return _error(422, str(err), err.field)
-        route = self.table.route(req.user_id)
+        return await self._answer(req, start)
+
+    @api.post("/v1/chat/completions",
+              responses={code: {"model": ErrorResponse}
+                         for code in (400, 403, 415, 422, 500, 503)},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": chat_schema(ServeConfig())}}}})
+    async def chat_completions(self, request: Request):
+        """The OpenAI chat-completions form of /v1/assist (for the `openai` client and the
+        tools built on it): `user` (else `model`) names the user, `metadata` carries the
+        session context; the answer is /v1/assist's for the same turn, with its routing
+        under `personal`."""
+        start = time.perf_counter()
+        body, refused = await self._body(request)
+        if refused is not None:
+            return openai_error(refused)
         try:
-            result = await self.generator.answer.remote((req, route))
-        except Exception as err:  # noqa: BLE001 - a dead or restarting replica: retryable
-            return _error(503, f"generator unavailable ({type(err).__name__}); retry")
-        if result.get("failed"):
-            return _error(500, result["error"])
-        if "error" in result:
-            return _error(422, result["error"], result.get("field"))
-        return {"text": result["text"], "actions": parse_actions(result["text"]),
-                "adapter": route.label, "latency_ms": (time.perf_counter() - start) * 1000}
+            req, model = parse_chat_request(body, self.cfg)
+        except RequestError as err:
+            return openai_error(_error(422, str(err), err.field))
+        answer = await self._answer(req, start)
+        if isinstance(answer, JSONResponse):
+            return openai_error(answer)
+        return chat_completion(model, answer)
 
     @api.get("/healthz")
     async def healthz(self, request: Request):
@@ -369,9 +469,18 @@ def build_app(run_path: str | Path, scfg: ServeConfig, overrides: Sequence[str] 
     ).bind(payload, str(run), table.folders(), dataclasses.asdict(scfg))
     # the run's folder name, not its absolute path: /healthz is for any client of the API
     info = {"run": run.name, "fingerprint": ctx.fingerprint, **table.summary()}
+    router = None
+    if get_strategy(strategy).serving.request_router is not None:
+        # no CPU reserved: it embeds a batch of messages (~10 ms) between the generator's
+        # decoding loops, which hold the reserved cores
+        router = RequestRouter.options(
+            max_ongoing_requests=2 * scfg.max_batch_size,
+            ray_actor_options={"num_cpus": 0}).bind(payload, str(run), strategy,
+                                                     dataclasses.asdict(scfg))
+        info["request_router"] = True
     return Router.options(max_ongoing_requests=scfg.router_max_ongoing,
                           ray_actor_options={"num_cpus": 0}).bind(
-        generator, table, dataclasses.asdict(scfg), info, allowed_hosts(host))
+        generator, table, dataclasses.asdict(scfg), info, allowed_hosts(host), router)
 
 
 #: Seconds an idle connection stays open after its last response (uvicorn's

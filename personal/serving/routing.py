@@ -27,8 +27,8 @@ from personal.data.schema import META_FIELDS, ROLES, Example, Message
 from personal.data.validate import text_problem
 from personal.errors import PersonalError
 from personal.strategies.registry import get_strategy, servable_strategies, strategy_config
-from personal.strategies.routes import (BASE, CONFIG_FILE, UNIFIED, Route,  # noqa: F401
-                                        RouteTable)
+from personal.strategies.routes import (BASE, CONFIG_FILE, UNIFIED, Decision,  # noqa: F401
+                                        Route, RouteTable, experts_of)
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 PROMPTS_FILE = "personal_prompts.safetensors"
@@ -123,6 +123,27 @@ def route_table(ctx, strategy: str) -> RouteTable:
         raise PersonalError(f"{strategy}: mixtures of soft-prompt adapters cannot be served")
     table.kind = kind
     return table
+
+
+def request_router(ctx, strategy: str):
+    """The strategy's request router (`decide(examples) -> [Decision]`), loaded from the run,
+    or None when its route table alone decides."""
+    spec = get_strategy(strategy)
+    if spec.serving.request_router is None:
+        return None
+    return spec.serving.request_router(ctx, strategy_config(spec, ctx.cfg.strategy.get(strategy)))
+
+
+def decide(table: RouteTable, router, requests: Sequence["AssistRequest"]) -> list[Decision]:
+    """Each request's Decision: from the request router when there is one, else the user's
+    route in the table (what the response reports: the experts used)."""
+    if router is not None:
+        return list(router.decide([request_example(r) for r in requests]))
+    out = []
+    for r in requests:
+        route = table.route(r.user_id)
+        out.append(Decision(route, None, {"experts": experts_of(route)}))
+    return out
 
 
 # --- Stack slots -------------------------------------------------------------------------------

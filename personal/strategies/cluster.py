@@ -44,6 +44,22 @@ USERS_FOLDER = "adapters/cluster_lora_users"
 ASSIGNMENT = "clusters/cluster_lora.json"
 METHODS = ("kmeans", "agglomerative", "dbscan")
 EMBEDDER = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class ExpertPaths:
+    """Where a clustering and its fleet live in a run: cluster_lora's own, or another
+    strategy's that groups users the same way with settings of its own (moe_lora's K)."""
+
+    name: str
+    """Unit names: `assign/<name>`, `train/<name>`."""
+    folder: str
+    """Run-relative folder of the cluster adapters (`<folder>/cluster_00`, ...)."""
+    assignment: str
+    """Run-relative JSON file of the assignment record."""
+
+
+CLUSTER = ExpertPaths(NAME, FOLDER, ASSIGNMENT)
 #: DBSCAN without `eps`: try these percentiles of the users' k-nearest-neighbour distances.
 EPS_PERCENTILES = (25, 50, 75, 90)
 
@@ -354,34 +370,34 @@ def describe_assignment(record: dict) -> str:
 
 # --- Units -----------------------------------------------------------------------------------
 
-def assign_inputs(ctx, scfg: ClusterConfig) -> str:
+def assign_inputs(ctx, scfg: ClusterConfig, where: ExpertPaths = CLUSTER) -> str:
     """What the assignment depends on: the data and splits, and the clustering settings."""
-    return stable_hash("assign/cluster_lora", ctx.fingerprint, EMBEDDER,
+    return stable_hash(f"assign/{where.name}", ctx.fingerprint, EMBEDDER,
                        {f: getattr(scfg, f) for f in ASSIGN_FIELDS})
 
 
-def assign_unit(ctx, scfg: ClusterConfig) -> Unit:
-    """Writes clusters/cluster_lora.json (the record of `assign_clusters`, plus its inputs)."""
-    inputs = assign_inputs(ctx, scfg)
+def assign_unit(ctx, scfg: ClusterConfig, where: ExpertPaths = CLUSTER) -> Unit:
+    """Writes the assignment file (the record of `assign_clusters`, plus its inputs)."""
+    inputs = assign_inputs(ctx, scfg, where)
 
     def work() -> dict:
         record = assign_clusters(ctx.dataset, ctx.splits, scfg)
-        ctx.run.write_json(ASSIGNMENT, {**record, "inputs": inputs})
+        ctx.run.write_json(where.assignment, {**record, "inputs": inputs})
         return {"k": record["k"], "silhouette": record["silhouette"],
                 "placed": len(record["placed"])}
 
-    return Unit("assign/cluster_lora", inputs, work, [ASSIGNMENT], needs_base=False)
+    return Unit(f"assign/{where.name}", inputs, work, [where.assignment], needs_base=False)
 
 
-def read_assignment(ctx, scfg: ClusterConfig) -> dict:
+def read_assignment(ctx, scfg: ClusterConfig, where: ExpertPaths = CLUSTER) -> dict:
     """The run's assignment; a PersonalError when it is missing or from other settings."""
-    record = ctx.run.read_json(ASSIGNMENT)
+    path = ctx.run.path / where.assignment
+    record = ctx.run.read_json(where.assignment)
     if record is None:
-        raise PersonalError(f"{ctx.run.path / ASSIGNMENT} not found: run "
-                            "`personal train cluster_lora` first")
-    if record.get("inputs") != assign_inputs(ctx, scfg):
-        raise PersonalError(f"{ctx.run.path / ASSIGNMENT} was made from other data or "
-                            "clustering settings: run `personal train cluster_lora` again")
+        raise PersonalError(f"{path} not found: run `personal train {where.name}` first")
+    if record.get("inputs") != assign_inputs(ctx, scfg, where):
+        raise PersonalError(f"{path} was made from other data or clustering settings: run "
+                            f"`personal train {where.name}` again")
     return record
 
 
@@ -390,25 +406,29 @@ def training_inputs(ctx, name: str, spec: FleetSpec, upstream: Sequence[str]) ->
     return unit_inputs(ctx, name, spec_dict(spec), list(upstream))
 
 
-def cluster_spec(ctx, scfg: ClusterConfig) -> FleetSpec:
-    return FleetSpec(folder=FOLDER, init_from=unified.ADAPTER if scfg.init == "unified" else None,
+def cluster_spec(ctx, scfg: ClusterConfig, where: ExpertPaths = CLUSTER) -> FleetSpec:
+    return FleetSpec(folder=where.folder,
+                     init_from=unified.ADAPTER if scfg.init == "unified" else None,
                      train=fleet_schedule(ctx, scfg))
 
 
-def cluster_fleet_unit(ctx, scfg: ClusterConfig, assign: str) -> Unit:
+def cluster_fleet_unit(ctx, scfg: ClusterConfig, assign: str, where: ExpertPaths = CLUSTER,
+                       spec: Optional[FleetSpec] = None) -> Unit:
     """One fleet, one adapter per cluster on its users' training turns. The groups are read
     from the assignment when the unit runs (it is made in the stage before); the unit's
-    inputs hash the assignment's inputs instead of the groups."""
-    name, spec = "train/cluster_lora", cluster_spec(ctx, scfg)
-    upstream = [assign] + ([unified.training_inputs(ctx)] if scfg.init == "unified" else [])
+    inputs hash the assignment's inputs instead of the groups. `spec`: another kind of
+    cluster adapter (moe_lora's residual experts), by default `cluster_spec`."""
+    name, spec = f"train/{where.name}", spec or cluster_spec(ctx, scfg, where)
+    starts_from_unified = spec.init_from == unified.ADAPTER or spec.merge_from == unified.ADAPTER
+    upstream = [assign] + ([unified.training_inputs(ctx)] if starts_from_unified else [])
 
     def work() -> dict:
-        clusters = read_assignment(ctx, scfg)["clusters"]
+        clusters = read_assignment(ctx, scfg, where)["clusters"]
         groups = {c: ctx.examples("train", members) for c, members in clusters.items()}
         vals = {c: ctx.examples("val", members) for c, members in clusters.items()}
         return fleet_unit(ctx, name, groups, vals, spec, upstream).fn()
 
-    return Unit(name, training_inputs(ctx, name, spec, upstream), work, [FOLDER])
+    return Unit(name, training_inputs(ctx, name, spec, upstream), work, [spec.folder])
 
 
 def delta_spec(ctx, scfg: ClusterConfig, cluster: str) -> FleetSpec:

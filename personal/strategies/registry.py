@@ -62,16 +62,22 @@ class Serving:
 
     routes: Optional[Callable[[Any, Any], Any]] = None
     reason: str = ""
+    request_router: Optional[Callable[[Any, Any], Any]] = None
+    """(ctx, strategy_cfg) -> an object with `decide(examples) -> [Decision]`
+    (`personal.strategies.routes`), for strategies whose route or prompt depends on the
+    request; the Serve app hosts it as its own deployment. None: the route table decides."""
 
     @property
     def servable(self) -> bool:
         return self.routes is not None
 
 
-def servable(routes: Callable[[Any, Any], Any]) -> Serving:
+def servable(routes: Callable[[Any, Any], Any],
+             request_router: Optional[Callable[[Any, Any], Any]] = None) -> Serving:
     """Served through `routes(ctx, strategy_cfg) -> RouteTable`, exactly as its predictor
-    routes turns."""
-    return Serving(routes=routes)
+    routes turns; with `request_router`, each request's route (and prompt context) comes
+    from it instead, the table giving the adapters the app may load and the fallback."""
+    return Serving(routes=routes, request_router=request_router)
 
 
 def not_servable(reason: str) -> Serving:

@@ -33,10 +33,11 @@ from personal.models.lora import attach_lora, merged_for_inference, spread_sampl
 from personal.strategies import unified
 from personal.strategies.common import fleet_schedule
 from personal.strategies.keys import training_inputs as unit_inputs
-from personal.strategies.registry import Unit, not_servable, register_strategy
+from personal.strategies.registry import Unit, register_strategy, servable
 from personal.strategies.retrieval_index import (FORMATS, METHODS, Retriever, RetrievalSettings,
                                                  build_memory, last_user_message, memory_texts,
                                                  query_text, split_rows)
+from personal.strategies.routes import Decision, Route, RouteTable
 
 TRAINED = "adapters/retrieval_trained"
 INDEX_DIR = "retrieval"
@@ -306,17 +307,44 @@ def predictor(ctx, scfg: RetrievalConfig):
     return predict
 
 
-#: Both need the run's retrieval index at request time; the Serve app does not hold it yet.
-NO_INDEX = ("the Serve app does not hold the run's retrieval index yet, which builds each "
-            "request's prompt")
+# --- Serving -------------------------------------------------------------------------------
+
+def adapter_folder(scfg: RetrievalConfig) -> str:
+    return TRAINED if isinstance(scfg, RetrievalTrainedConfig) else unified.ADAPTER
+
+
+def routes(ctx, scfg: RetrievalConfig) -> RouteTable:
+    """Every user gets the one adapter; the request router adds each request's block."""
+    return RouteTable("retrieval_trained" if isinstance(scfg, RetrievalTrainedConfig)
+                      else "retrieval", {}, Route.one(adapter_folder(scfg)))
+
+
+class RetrievalRouter:
+    """The Serve app's request router: the run's retrieval memory (the users' training
+    exchanges, their index from the run) and each request's block, built as offline
+    evaluation builds it; the response names the exchanges retrieved."""
+
+    def __init__(self, ctx, scfg: RetrievalConfig):
+        check(scfg)
+        self.retriever = load_retriever(
+            ctx, scfg, memory_personas(ctx, isinstance(scfg, RetrievalTrainedConfig)))
+        self.route = Route.one(adapter_folder(scfg))
+
+    def decide(self, examples) -> list[Decision]:
+        out = []
+        for block, exchanges in self.retriever.blocks(examples):
+            ids = [{"session": x.session_id, "turn": x.turn_index} for x in exchanges]
+            out.append(Decision(self.route, block, {"retrieved": ids}))
+        return out
 
 register_strategy("retrieval", config=RetrievalConfig, stages=stages, predictor=predictor,
-                  serving=not_servable(NO_INDEX), plans=("phase1",), position=60,
+                  serving=servable(routes, request_router=RetrievalRouter), plans=("phase1",), position=60,
                   expected_seconds={"eval/retrieval": 265.0, "retrieval/index": 430.0},
                   cold_start="retrieval over the sessions the user has (their validation "
                              "sessions)")
 register_strategy("retrieval_trained", config=RetrievalTrainedConfig, stages=trained_stages,
-                  predictor=predictor, serving=not_servable(NO_INDEX), plans=("phase1", "curve"),
+                  predictor=predictor, serving=servable(routes, request_router=RetrievalRouter),
+                  plans=("phase1", "curve"),
                   position=70,
                   expected_seconds={"train/retrieval_trained": 290.0,
                                     "eval/retrieval_trained": 150.0,

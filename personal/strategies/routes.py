@@ -6,13 +6,18 @@ folders and weights; none: the base model), exactly as its offline predictor rou
 user's turns. A user id is only ever a key of that table, never part of a path: `../../etc`
 is an unknown user and gets the fallback.
 
+A strategy whose route depends on the request itself (a learned router reading the message,
+retrieval building the prompt) also registers `request_router(ctx, strategy_cfg)`: an object
+whose `decide(examples) -> [Decision]` gives each request its route and prompt context,
+exactly as its offline predictor decides each turn.
+
     table = route_table(ctx, "per_user_lora")    # personal.serving.routing
     table.route("persona_003").label        # 'per_user_lora/persona_003'
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 #: The unified adapter's folder in a run (the reference every fallback names).
 UNIFIED = "adapters/unified_lora"
@@ -24,6 +29,9 @@ class Route:
     """The adapters answering a user: (run-relative folder, weight) pairs; none: the base."""
 
     adapters: tuple[tuple[str, float], ...] = ()
+    mixture: bool = False
+    """Decode as a weight vector over the stack even when one adapter has weight 1 (a
+    router's soft route, whose offline prediction is a weight vector: the same arithmetic)."""
 
     @classmethod
     def one(cls, folder: str) -> "Route":
@@ -35,7 +43,7 @@ class Route:
 
     @property
     def is_mixture(self) -> bool:
-        return len(self.adapters) > 1 or any(w != 1.0 for _, w in self.adapters)
+        return self.mixture or len(self.adapters) > 1 or any(w != 1.0 for _, w in self.adapters)
 
     @property
     def label(self) -> str:
@@ -50,6 +58,22 @@ class Route:
 
 
 BASE = Route()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a request router decides for one request: its route, the text its prompt
+    carries beyond the run's format (retrieved exchanges; None: nothing), and what the
+    response reports of the decision (`experts`, `retrieved`)."""
+
+    route: Route
+    context: Optional[str] = None
+    info: dict = field(default_factory=dict)
+
+
+def experts_of(route: Route) -> list[dict]:
+    """The response's `experts`: [{name, weight}] of the adapters a route uses."""
+    return [{"name": f.removeprefix("adapters/"), "weight": w} for f, w in route.adapters]
 
 
 @dataclass
