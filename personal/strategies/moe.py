@@ -231,7 +231,7 @@ def fit_router(x: np.ndarray, targets: np.ndarray, scfg: MoEConfig):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return net.eval(), {"ce": float(ce), "balance": float(balance)}
+    return net.eval(), {"ce": ce.item(), "balance": balance.item()}
 
 
 def route_weights(probs: np.ndarray, mode: str, top_k: int) -> np.ndarray:
@@ -347,6 +347,10 @@ def label_examples(ctx, per_user: int) -> list[Example]:
 def train_router(ctx, scfg: MoEConfig) -> dict:
     """Label training turns with the experts' losses, fit the router, save it."""
     folders = expert_folders(ctx, scfg)
+    if len(folders) < 2:
+        raise PersonalError(f"{NAME}: the clustering made {len(folders)} expert; a mixture "
+                            f"needs at least 2 (more training users, or "
+                            f"strategy.{NAME}.n_experts)")
     turns = label_examples(ctx, scfg.label_turns)
     losses = expert_losses(ctx, folders, turns)
     feats = RequestFeatures(ctx, scfg.router_input)
