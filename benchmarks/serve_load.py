@@ -6,6 +6,15 @@ clients, requests spread over the users (round robin), with `@serve.batch` batch
     python benchmarks/serve_load.py --json                  # smoke world: 8 users, minutes
     python benchmarks/serve_load.py --run runs/main --strategy per_user_lora --requests 256
 
+With `--serve A,B,...` it compares served strategies instead, each batched, in one run on
+one machine: each entry is a strategy, optionally with its options after `@`
+(`moe_lora@mode=hard`), and the ratios are each entry's requests/s over the first's:
+
+    python benchmarks/serve_load.py --users 200 \
+        --serve unified_lora,moe_lora@mode=soft,moe_lora@mode=hard --json
+
+(the smoke world then trains unified, cluster_lora's 10 clusters and moe_lora's router).
+
 Loopback only. Bounded: at most `--requests` requests and `--level-seconds` seconds per
 concurrency level (a level stops issuing requests at its deadline), `--warmup` requests
 before each mode. The default smoke world (`smoke_config`, 8 users x 6 sessions, per-user
@@ -28,6 +37,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -45,20 +55,39 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=8, help="requests before each mode")
     p.add_argument("--max-batch-size", type=int, default=32, help="batched mode's batch size")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray runtime")
+    p.add_argument("--serve", help="compare these served strategies (comma-separated, "
+                                   "options after @: moe_lora@mode=hard) instead of batching modes")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     return p.parse_args(argv)
 
 
-def smoke_run(root: Path, users: int, strategy: str) -> Path:
-    """A smoke world with `strategy` trained (reused when already there)."""
+def smoke_run(root: Path, users: int, strategies: list[str]) -> Path:
+    """A smoke world with `strategies` trained (reused when already there); cluster_lora
+    (moe_lora's experts) with 10 clusters."""
+    import dataclasses
+
     from personal.distributed.smoke import smoke_config
     from personal.experiment.context import Context
     from personal.experiment.pipeline import train_strategy
 
     cfg = smoke_config(root, users=users, sessions=6, overrides=["train.max_steps=12"])
+    cfg = dataclasses.replace(cfg, strategy={"cluster_lora": {"n_clusters": 10},
+                                             "moe_lora": {"label_turns": 2,
+                                                          "diagnostic_turns": 0}})
     ctx = Context.create(cfg, root / "run")
-    train_strategy(ctx, strategy)
+    for strategy in dict.fromkeys(strategies):
+        train_strategy(ctx, strategy)
     return ctx.run.path
+
+
+def served_entries(spec: str) -> list[tuple[str, str, list[str]]]:
+    """(label, strategy, config overrides) of each `--serve` entry."""
+    out = []
+    for entry in [e.strip() for e in spec.split(",") if e.strip()]:
+        name, _, opts = entry.partition("@")
+        overrides = [f"strategy.{name}.{o}" for o in opts.split("+") if o]
+        out.append((entry, name, overrides))
+    return out
 
 
 def request_bodies(run: Path) -> tuple[list[dict], int]:
@@ -121,7 +150,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_mode(run: Path, args, batch: int, users: int, bodies: list[dict]) -> list[dict]:
+def run_mode(run: Path, args, batch: int, users: int, bodies: list[dict],
+             strategy: Optional[str] = None, overrides: Sequence[str] = (),
+             label: Optional[str] = None) -> list[dict]:
     """Deploy the app with max batch size `batch`, warm it up, run every level."""
     from ray import serve
 
@@ -129,10 +160,10 @@ def run_mode(run: Path, args, batch: int, users: int, bodies: list[dict]) -> lis
     from personal.serving.http_eval import ClientOptions, replay, wait_ready
     from personal.serving.routing import ServeConfig
 
-    scfg = ServeConfig(strategy=args.strategy, max_batch_size=batch,
+    scfg = ServeConfig(strategy=strategy or args.strategy, max_batch_size=batch,
                        max_loaded_adapters=users + 1, batch_wait_timeout_s=0.01)
     port = free_port()
-    start_app(build_app(run, scfg), "127.0.0.1", port)
+    start_app(build_app(run, scfg, overrides), "127.0.0.1", port)
     base = f"http://127.0.0.1:{port}"
     url = base + "/v1/assist"
     try:
@@ -144,7 +175,8 @@ def run_mode(run: Path, args, batch: int, users: int, bodies: list[dict]) -> lis
             row = run_level(url, bodies, clients, args.requests, args.level_seconds)
             after = wait_ready(base)["generator"]
             done = after["requests"] - before["requests"]
-            row.update(mode="batched" if batch > 1 else "one_per_batch", max_batch_size=batch,
+            row.update(mode=label or ("batched" if batch > 1 else "one_per_batch"),
+                       max_batch_size=batch,
                        mean_batch=round(done / max(1, after["batches"] - before["batches"]), 2))
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -167,6 +199,14 @@ def ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
+def served_ratios(rows: list[dict], first: str) -> list[dict]:
+    """Per entry and level: its requests/s over the first entry's at the same level."""
+    base = {r["clients"]: r for r in rows if r["mode"] == first}
+    return [{"served": r["mode"], "clients": r["clients"],
+             "rps_ratio": round(r["requests_per_s"] / base[r["clients"]]["requests_per_s"], 2)}
+            for r in rows if r["mode"] != first and base.get(r["clients"], {}).get("requests_per_s")]
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -176,16 +216,24 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     os.environ.setdefault("PERSONAL_QUIET", "1")
     root = Path(args.root or tempfile.mkdtemp(prefix="serve_load"))
-    run = Path(args.run).resolve() if args.run else smoke_run(root, args.users, args.strategy)
+    entries = served_entries(args.serve) if args.serve else []
+    names = [name for _, name, _ in entries] or [args.strategy]
+    run = Path(args.run).resolve() if args.run else smoke_run(root, args.users, names)
     bodies, users = request_bodies(run)
     load = os.getloadavg()[0]
     with ray_runtime(None, num_cpus=args.cpus, temp_dir=tempfile.mkdtemp(prefix="pray")):
-        rows = run_mode(run, args, args.max_batch_size, users, bodies)
-        rows += run_mode(run, args, 1, users, bodies)
-    result = {"run": str(run), "strategy": args.strategy, "users": users,
+        if entries:
+            rows = [row for label, name, overrides in entries
+                    for row in run_mode(run, args, args.max_batch_size, users, bodies, name,
+                                        overrides, label)]
+        else:
+            rows = run_mode(run, args, args.max_batch_size, users, bodies)
+            rows += run_mode(run, args, 1, users, bodies)
+    result = {"run": str(run), "strategy": args.serve or args.strategy, "users": users,
               "distinct_requests": len(bodies), "cpus": args.cpus,
               "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
-              "rows": rows, "ratio": ratios(rows)}
+              "rows": rows,
+              "ratio": served_ratios(rows, entries[0][0]) if entries else ratios(rows)}
     print(json.dumps(result, indent=None if args.json else 1))
     return 0
 

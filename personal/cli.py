@@ -517,7 +517,10 @@ def serve_cmd(run: Path = typer.Argument(..., help="Run directory made by `perso
               address: Optional[str] = typer.Option(None, "--address", help="Ray cluster "
                                                     "address (default: a local runtime)."),
               overrides: List[str] = OVERRIDES_ARG, quiet: bool = QUIET_OPT) -> None:
-    """Serve a finished run over HTTP (Ray Serve): POST /v1/assist, GET /healthz."""
+    """Serve a finished run over HTTP (Ray Serve): POST /v1/assist, POST /v1/chat/completions
+    (the OpenAI form: `user` names the user, `metadata` the session context), GET /healthz.
+    moe_lora and retrieval get a request-router deployment (the learned router, the
+    retrieval index) in front of the generator."""
     from personal.distributed.serve import serve_run
 
     _logging(quiet)

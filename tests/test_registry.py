@@ -149,8 +149,9 @@ def test_plans_servable_list_ray_forms_and_eta_come_from_the_registry():
     assert plans()["baseline"] == ["base", "unified_lora"]
     assert set(servable_strategies()) == {s.name for s in all_strategies()
                                           if s.serving.servable}
-    assert "retrieval" not in servable_strategies()
-    assert "retrieval index" in get_strategy("retrieval").serving.reason
+    assert "retrieval" in servable_strategies() and "moe_lora" in servable_strategies()
+    assert "toy_unserved" not in servable_strategies()
+    assert get_strategy("toy_unserved").serving.reason == toy_strategy.UNSERVED_REASON
     assert set(ray_units()) == {"train/unified_lora"}
     assert expected_seconds("train/per_user_lora") == get_strategy(
         "per_user_lora").expected_seconds["train/per_user_lora"]

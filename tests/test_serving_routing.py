@@ -18,6 +18,8 @@ from personal.serving.routing import (BASE, AdapterSlots, RequestError, Route, S
                                       batch_groups, check_host, parse_request, request_example,
                                       request_schema)
 
+import toy_strategy  # noqa: F401,E402  (registers toy_unserved, a strategy the app refuses)
+
 USERS = ["persona_000", "persona_001", "persona_002", "persona_003"]  # persona_003: cold start
 TRAINED = USERS[:3]
 
@@ -110,7 +112,7 @@ def test_unified_hybrid_prefix_and_base_tables(world):
     assert labels(prefix)["persona_002"] == "prefix_per_user/persona_002"
     assert labels(prefix)["persona_003"] == labels(prefix)["../../etc"] == "base"
     with pytest.raises(PersonalError, match="cannot be served"):
-        route_table(ctx, "retrieval")
+        route_table(ctx, "toy_unserved")
 
 
 def test_cluster_table_follows_the_assignment_file(world):
@@ -337,7 +339,7 @@ def test_serve_config_and_binding_rules():
     with pytest.raises(PersonalError, match="max_batch_size"):
         ServeConfig(max_batch_size=0).check()
     with pytest.raises(PersonalError, match="cannot be served"):
-        ServeConfig(strategy="retrieval").check()
+        ServeConfig(strategy="toy_unserved").check()
     for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1"):
         check_host(host, allow_remote=False)
     for host in ("0.0.0.0", "192.168.1.5", "example.org"):
@@ -435,7 +437,7 @@ def test_cli_checks_before_serving_or_replaying(world, capsys):
     assert code == 2 and "--allow-remote" in err
     code, _, err = run_cli(capsys, "serve", str(ctx.run.path))  # nothing trained in it
     assert code == 2 and "choose one with --strategy" in err
-    code, _, err = run_cli(capsys, "serve", str(ctx.run.path), "--strategy", "retrieval")
+    code, _, err = run_cli(capsys, "serve", str(ctx.run.path), "--strategy", "toy_unserved")
     assert code == 2 and "cannot be served" in err
     code, _, err = run_cli(capsys, "eval", str(ctx.run.path), "--endpoint", "file:///etc")
     assert code == 2 and "http(s) URL" in err

@@ -14,7 +14,7 @@ from personal.config import TrainConfig
 from personal.models.lora import train_lora
 from personal.strategies.common import routed_predictor, schedule
 from personal.strategies.keys import training_inputs
-from personal.strategies.registry import Unit, register_strategy, servable
+from personal.strategies.registry import Unit, not_servable, register_strategy, servable
 from personal.strategies.routes import Route, fixed_routes
 
 NAME = "toy_lora"
@@ -54,3 +54,24 @@ def predictor(ctx, scfg: ToyConfig):
 register_strategy(NAME, config=ToyConfig, stages=stages, predictor=predictor,
                   serving=servable(fixed_routes(NAME, Route.one(FOLDER))), plans=("toy",),
                   expected_seconds={f"train/{NAME}": 5.0})
+
+
+@dataclass
+class UnservedConfig:
+    """`toy_unserved` has no options."""
+
+
+def zero_shot(ctx, scfg: UnservedConfig):
+    from personal.engine.generate import generate
+
+    model, tokenizer = ctx.base
+    fmt = ctx.prompt_format()
+    return lambda examples: generate(model, tokenizer, examples, ctx.cfg.generation, fmt=fmt)
+
+
+#: Why the Serve app refuses `toy_unserved` (every built-in strategy is servable).
+UNSERVED_REASON = "an example of a strategy the Serve app refuses, with its reason"
+
+# A strategy that cannot be served: `personal serve` refuses it with the registered reason.
+register_strategy("toy_unserved", config=UnservedConfig, stages=lambda ctx, scfg: [],
+                  predictor=zero_shot, serving=not_servable(UNSERVED_REASON))
