@@ -22,7 +22,7 @@ from personal.strategies.registry import get_strategy, strategy_config
 
 EPS32 = torch.finfo(torch.float32).eps
 OPTIONS = {"support_size": 2, "meta_steps": 2, "users_per_step": 2, "inner_steps": 3,
-           "inner_lr": 0.5, "batch_size": 2}
+           "inner_lr": 0.5, "batch_size": 2, "curve_points": [0, 2, -1], "curve_turns": 3}
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +131,31 @@ def test_fomaml_trains(ctx, tmp_path):
     train_strategy(other, meta.NAME)
     init = import_peft([other.run.path / meta.INIT]).adapter(0)
     assert not close({k: v.float() for k, v in init.items()}, unified_state(other), 1e-6)
+
+
+def test_the_adaptation_curve_is_meta_lora_and_unified_at_their_points(ctx):
+    """Point 0 of the meta start scores the initialisation, point 0 of the hybrid start the
+    unified adapter, and the point at support_size (2) meta_lora's own adapted users: the
+    curve measures the strategy, not a look-alike."""
+    from personal.eval.metrics import Pair, emb_sim
+    from personal.models.lora import spread_sample
+    from personal.strategies.common import routed_predictor
+
+    record = ctx.run.read_json(meta.CURVE)
+    assert record["points"] == [0, 2, -1] and record["cold_start"]["users"] == 0
+    users = sorted(user_groups(ctx, "train"))
+    assert record["training"]["users"] == len(users)
+    turns = [e for u in users for e in spread_sample(ctx.examples("test", [u]), 3)]
+
+    def score(texts):
+        return sum(emb_sim([Pair(t, e.target) for t, e in zip(texts, turns)])) / len(turns)
+
+    adapted = get_strategy(meta.NAME).predictor(ctx, meta.MetaConfig(**OPTIONS))(turns)
+    init = routed_predictor(ctx, [ctx.run.path / meta.INIT], lambda e: 0)(turns)
+    plain = routed_predictor(ctx, [ctx.run.path / unified.ADAPTER], lambda e: 0)(turns)
+    tol = 1e-6  # emb_sim of the same texts, averaged in another order
+    assert abs(record["training"]["meta"][1] - score(adapted)) < tol
+    assert abs(record["training"]["meta"][0] - score(init)) < tol
+    assert abs(record["training"]["hybrid"][0] - score(plain)) < tol
+    rows = record["rows"]
+    assert rows[0]["check"] == "adaptation curve (training users)" and "all:" in rows[0]["value"]

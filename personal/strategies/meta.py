@@ -13,13 +13,19 @@ A user is adapted at test time by exactly that inner loop (same steps, lr and su
 their most recent training dialogues as support), all users as one fleet; a new user gets
 the initialisation itself. With one inner step Reptile is joint training on the sampled
 users' support batches (its update is the joint SGD step), the known failure a test checks.
-Not built yet: the adaptation curve against hybrid with the same number of steps.
+
+The adaptation curve (`diagnostics/meta_lora_curve.json`, rows of the report's strategy
+checks) says whether meta-learning bought anything: the emb_sim of a spread sample of users'
+evaluated turns after adapting on their 0, 1, 5, 10 and all most recent dialogues, from the
+meta-learned initialisation and from the unified adapter (hybrid: unified + plain
+fine-tuning) with the same inner loop (steps, lr, batch), for training users and for
+cold-start users (whose dialogues are the validation sessions they have).
 """
 from __future__ import annotations
 
 import copy
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -60,6 +66,13 @@ class MetaConfig:
     """Sequences per inner step."""
     adapt_chunk: int = 64
     """Users adapted per engine call at test time."""
+    curve_points: list[int] = field(default_factory=lambda: [0, 1, 5, 10, -1])
+    """Support dialogues of the adaptation curve's points (-1: all the user has)."""
+    curve_users: int = 40
+    """Training users of the curve, evenly spread (every cold-start user is in it too;
+    0: no curve)."""
+    curve_turns: int = 4
+    """Evaluated turns per user the curve scores, evenly spread."""
 
     def __post_init__(self) -> None:  # at config time: a bad option stops before any work
         if self.algorithm not in ("reptile", "fomaml"):
@@ -70,6 +83,12 @@ class MetaConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise PersonalError(f"{WHERE}.{name} must be an integer >= 1, got {v}")
+        if not isinstance(self.curve_users, int) or self.curve_users < 0 or \
+                not isinstance(self.curve_turns, int) or self.curve_turns < 1:
+            raise PersonalError(f"{WHERE}: curve_users must be >= 0 and curve_turns >= 1")
+        if any(not isinstance(n, int) or n < -1 for n in self.curve_points):
+            raise PersonalError(f"{WHERE}.curve_points must be dialogue counts >= 0 (or -1: "
+                                f"all), got {self.curve_points}")
         if not isinstance(self.meta_steps, int) or self.meta_steps < 0:
             raise PersonalError(f"{WHERE}.meta_steps must be >= 0, got {self.meta_steps}")
         for name in ("inner_lr", "outer_lr"):
@@ -224,15 +243,114 @@ def adapt_users(ctx, scfg: MetaConfig) -> dict:
     return {"adapted": len(names)}
 
 
+# --- The adaptation curve --------------------------------------------------------------------
+
+CURVE = f"diagnostics/{NAME}_curve.json"
+
+
+def own_dialogues(ctx, pid: str) -> list:
+    """The dialogues a user has to adapt on: training, or validation for a cold-start user."""
+    return ctx.examples("train", [pid]) or ctx.examples("val", [pid])
+
+
+def curve_scores(ctx, scfg: MetaConfig, state: dict, users: list[str], turns: dict,
+                 n: int, seed_of: dict[str, int]) -> float:
+    """Mean emb_sim over `turns` of `users` after each one's inner loop from `state` on
+    their `n` most recent dialogues (0: `state` itself; -1: all), in chunks of users; user
+    u's batches are drawn with `seed_of[u]` (adapt_users' seed for a training user, so the
+    point at support_size is exactly meta_lora's own adaptation)."""
+    from personal.engine import generate_routed
+    from personal.eval.metrics import Pair, emb_sim
+
+    fmt, tok, gen = ctx.prompt_format(), ctx.base[1], ctx.cfg.generation
+    scores = []
+    for at in range(0, len(users), scfg.adapt_chunk):
+        chunk = users[at:at + scfg.adapt_chunk]
+        examples = [e for u in chunk for e in turns[u]]
+        rows = [j for j, u in enumerate(chunk) for _ in turns[u]]
+        if n == 0:
+            model, rows = stack_model(ctx, 1, state), [0] * len(examples)
+        else:
+            data = [encode(ctx, own_dialogues(ctx, u) if n < 0
+                           else support_of(own_dialogues(ctx, u), n)) for u in chunk]
+            seeds = [seed_of[u] for u in chunk]
+            model = inner_loop(ctx, state, data, scfg.inner_steps, scfg.inner_lr,
+                               scfg.batch_size, seeds)
+        texts = generate_routed(model, tok, examples, rows, gen, fmt=fmt)
+        scores += emb_sim([Pair(t, e.target) for t, e in zip(texts, examples)])
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
+def adaptation_curve(ctx, scfg: MetaConfig) -> dict:
+    """The curve's record: per user group and start, the score at each point."""
+    from personal.engine import import_peft
+    from personal.models.lora import spread_sample
+
+    starts = {"meta": import_peft([ctx.run.path / INIT]).adapter(0),
+              "hybrid": {k: v.float() for k, v in
+                         import_peft([ctx.run.path / unified.ADAPTER]).adapter(0).items()}}
+    evaluated = set(ctx.eval_personas())
+    trained = [p for p in sorted(user_groups(ctx, "train")) if p in evaluated]
+    cold = [p for p in ctx.eval_personas() if ctx.splits[p].cold_start]
+    groups = {"training": spread_sample(trained, scfg.curve_users), "cold_start": cold}
+    names = sorted(user_groups(ctx, "train"))
+    seed_of = {u: ctx.cfg.train.seed + k for k, u in enumerate(names + cold)}
+    split = ctx.cfg.eval.split
+    record = {"points": list(scfg.curve_points), "inner_steps": scfg.inner_steps,
+              "inner_lr": scfg.inner_lr, "turns_per_user": scfg.curve_turns}
+    for group, users in groups.items():
+        turns = {u: spread_sample(ctx.examples(split, [u]), scfg.curve_turns) for u in users}
+        users = [u for u in users if turns[u]]
+        record[group] = {"users": len(users), **{
+            start: [curve_scores(ctx, scfg, state, users, turns, n, seed_of) if users else None
+                    for n in scfg.curve_points] for start, state in starts.items()}}
+    record["rows"] = curve_rows(record)
+    return record
+
+
+def curve_rows(record: dict) -> list[dict]:
+    """The report's rows: per group, meta vs hybrid at each point."""
+    label = lambda n: "all" if n < 0 else str(n)  # noqa: E731
+    rows = []
+    for group in ("training", "cold_start"):
+        r = record[group]
+        if not r["users"]:
+            continue
+        cells = [f"{label(n)}: {m:.4f} vs {h:.4f}" for n, m, h in
+                 zip(record["points"], r["meta"], r["hybrid"])]
+        rows.append({"check": f"adaptation curve ({group.replace('_', '-')} users)",
+                     "value": "; ".join(cells), "turns": r["users"] * record["turns_per_user"],
+                     "meaning": f"emb sim after adapting on the user's N most recent "
+                                f"dialogues ({record['inner_steps']} SGD steps at "
+                                f"{record['inner_lr']:g}): meta-learned start vs unified "
+                                "start (hybrid) with the same steps"})
+    return rows
+
+
+def curve_unit(ctx, scfg: MetaConfig, upstream: str) -> Unit:
+    def work() -> dict:
+        record = {"strategy": NAME, **adaptation_curve(ctx, scfg)}
+        ctx.run.write_json(CURVE, record)
+        return {g: record[g] for g in ("training", "cold_start")}
+
+    inputs = training_inputs(ctx, f"check/{NAME}_curve", upstream, scfg.curve_points,
+                             scfg.curve_users, scfg.curve_turns, scfg.adapt_chunk)
+    return Unit(f"check/{NAME}_curve", inputs, work, [CURVE])
+
+
 def stages(ctx, scfg: MetaConfig) -> list:
     check_support(ctx, scfg)
-    options = {k: v for k, v in scfg.__dict__.items() if k != "adapt_chunk"}
+    curve_fields = ("adapt_chunk", "curve_points", "curve_users", "curve_turns")
+    options = {k: v for k, v in scfg.__dict__.items() if k not in curve_fields}
     meta = Unit(f"train/{NAME}", training_inputs(ctx, f"train/{NAME}", options,
                                                  unified.training_inputs(ctx)),
                 lambda: meta_train(ctx, scfg), [INIT])
     adapt = Unit(f"adapt/{NAME}", training_inputs(ctx, f"adapt/{NAME}", meta.inputs),
                  lambda: adapt_users(ctx, scfg), [FOLDER])
-    return unified.unified_stages(ctx) + [[meta], [adapt]]
+    out = unified.unified_stages(ctx) + [[meta], [adapt]]
+    if scfg.curve_users:
+        out.append([curve_unit(ctx, scfg, meta.inputs)])
+    return out
 
 
 def predictor(ctx, scfg: MetaConfig):
@@ -247,5 +365,6 @@ def routes(ctx, scfg: MetaConfig) -> RouteTable:
 
 register_strategy(NAME, config=MetaConfig, stages=stages, predictor=predictor,
                   serving=servable(routes), plans=("phase3",), position=125,
-                  expected_seconds={f"train/{NAME}": 200.0, f"adapt/{NAME}": 60.0},
+                  expected_seconds={f"train/{NAME}": 200.0, f"adapt/{NAME}": 60.0,
+                                    f"check/{NAME}_curve": 150.0},
                   cold_start="the meta-learned initialisation (no support dialogues)")
