@@ -195,13 +195,14 @@ def test_diagnostics_are_recorded_for_the_report(world):
                                                     "oracle agreement", "oracle headroom"]
 
 
-def test_shared_expert_experts_are_unified_plus_a_residual(world, tmp_path):
+@pytest.mark.parametrize("n_experts", [None, 2])
+def test_shared_expert_experts_are_unified_plus_a_residual(world, tmp_path, n_experts):
     """With shared_expert the experts train as residuals on the frozen unified adapter and
     are exported as unified + residual (rank 2r): at Σw = 1 unified stays fully on."""
     from personal.engine import import_peft
 
     cfg = dataclasses.replace(world.cfg, strategy={"moe_lora": {
-        "shared_expert": True, "n_experts": 2, "label_turns": 4, "diagnostic_turns": 0,
+        "shared_expert": True, "n_experts": n_experts, "label_turns": 4, "diagnostic_turns": 0,
         "epochs": 5, "lr": 5e-2}})
     ctx = Context.create(cfg, tmp_path / "run")
     train_strategy(ctx, "moe_lora")

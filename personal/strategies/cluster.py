@@ -57,6 +57,13 @@ class ExpertPaths:
     """Run-relative folder of the cluster adapters (`<folder>/cluster_00`, ...)."""
     assignment: str
     """Run-relative JSON file of the assignment record."""
+    assign_name: Optional[str] = None
+    """Name of the unit that makes the assignment (None: `name`): another strategy's fleet
+    may train on cluster_lora's own assignment."""
+
+    @property
+    def assign_unit(self) -> str:
+        return f"assign/{self.assign_name or self.name}"
 
 
 CLUSTER = ExpertPaths(NAME, FOLDER, ASSIGNMENT)
@@ -372,7 +379,7 @@ def describe_assignment(record: dict) -> str:
 
 def assign_inputs(ctx, scfg: ClusterConfig, where: ExpertPaths = CLUSTER) -> str:
     """What the assignment depends on: the data and splits, and the clustering settings."""
-    return stable_hash(f"assign/{where.name}", ctx.fingerprint, EMBEDDER,
+    return stable_hash(where.assign_unit, ctx.fingerprint, EMBEDDER,
                        {f: getattr(scfg, f) for f in ASSIGN_FIELDS})
 
 
@@ -386,18 +393,19 @@ def assign_unit(ctx, scfg: ClusterConfig, where: ExpertPaths = CLUSTER) -> Unit:
         return {"k": record["k"], "silhouette": record["silhouette"],
                 "placed": len(record["placed"])}
 
-    return Unit(f"assign/{where.name}", inputs, work, [where.assignment], needs_base=False)
+    return Unit(where.assign_unit, inputs, work, [where.assignment], needs_base=False)
 
 
 def read_assignment(ctx, scfg: ClusterConfig, where: ExpertPaths = CLUSTER) -> dict:
     """The run's assignment; a PersonalError when it is missing or from other settings."""
     path = ctx.run.path / where.assignment
     record = ctx.run.read_json(where.assignment)
+    owner = where.assign_name or where.name
     if record is None:
-        raise PersonalError(f"{path} not found: run `personal train {where.name}` first")
+        raise PersonalError(f"{path} not found: run `personal train {owner}` first")
     if record.get("inputs") != assign_inputs(ctx, scfg, where):
         raise PersonalError(f"{path} was made from other data or clustering settings: run "
-                            f"`personal train {where.name}` again")
+                            f"`personal train {owner}` again")
     return record
 
 

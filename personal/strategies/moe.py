@@ -157,9 +157,10 @@ def cluster_config(ctx, scfg: MoEConfig) -> cluster.ClusterConfig:
 def expert_paths(scfg: MoEConfig) -> cluster.ExpertPaths:
     if not own_experts(scfg):
         return cluster.CLUSTER
-    # cluster_lora's assignment when K is its own: one clustering for both strategies
-    assignment = OWN.assignment if scfg.n_experts is not None else cluster.ASSIGNMENT
-    return cluster.ExpertPaths(NAME, OWN.folder, assignment)
+    if scfg.n_experts is not None:
+        return OWN
+    # residual experts on cluster_lora's own assignment: one clustering for both strategies
+    return cluster.ExpertPaths(NAME, OWN.folder, cluster.ASSIGNMENT, assign_name=cluster.NAME)
 
 
 def assignment_paths(scfg: MoEConfig) -> cluster.ExpertPaths:
