@@ -8,8 +8,10 @@ Train on it like on any dataset, e.g. per-user or hybrid adapters:
     personal train per_user_lora --data data/augmented --run runs/augmented
     personal train hybrid_lora --data data/augmented --run runs/augmented
 
-(`personal train augmented_lora` does both steps inside one run, and also offers synthesis,
-which needs the run's base model.) Exit codes: 0 success, 2 bad input, 1 any other failure.
+back_translation and synthesis go through a local chat-model folder (`--translation_model`,
+`--synthesis_model`; models are never downloaded). `personal train augmented_lora` does both
+steps inside one run, where synthesis may also use the run's base. Exit codes: 0 success,
+2 bad input, 1 any other failure.
 """
 from __future__ import annotations
 
@@ -30,8 +32,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target_size", type=int, default=100,
                    help="training dialogues per user after augmentation (default 100)")
     p.add_argument("--methods", default="paraphrase,context_variation",
-                   help="comma-separated: paraphrase, context_variation, back_translation")
-    p.add_argument("--translation_model", help="path of a translation model (back_translation)")
+                   help="comma-separated: paraphrase, context_variation, back_translation, "
+                        "synthesis")
+    p.add_argument("--translation_model",
+                   help="local chat-model folder that translates (back_translation)")
+    p.add_argument("--translation_pivot", default="German",
+                   help="language back-translation goes through (default German)")
+    p.add_argument("--synthesis_model", help="local chat-model folder (synthesis)")
     p.add_argument("--seed", type=int, default=0, help="seed of the augmentation (default 0)")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     return p.parse_args(argv)
@@ -42,15 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     from personal.data.io import read_splits
     from personal.data.validate import load_dataset
     from personal.errors import PersonalError
-    from personal.strategies.augment import augment_users, check_methods, write_augmented
+    from personal.strategies.augment import (Tools, augment_users, check_methods,
+                                             check_model_folder, write_augmented)
 
     out = Path(args.out)
     try:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         check_methods(methods, args.translation_model, "--methods")
-        if "synthesis" in methods:
-            raise PersonalError("--methods synthesis needs a run's base model: use `personal "
-                                "train augmented_lora strategy.augmented_lora.methods=synthesis`")
+        check_model_folder(args.translation_model, "--translation_model")
+        check_model_folder(args.synthesis_model, "--synthesis_model")
+        if "synthesis" in methods and not args.synthesis_model:
+            raise PersonalError("--methods synthesis needs --synthesis_model (a local chat-model "
+                                "folder), or use `personal train augmented_lora "
+                                "strategy.augmented_lora.methods=synthesis` with a run's base")
         if args.target_size < 1:
             raise PersonalError(f"--target_size must be >= 1, got {args.target_size}")
         if out.exists() and any(out.iterdir()) and not args.force:
@@ -62,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                                 f"split {data}`)")
         ds = load_dataset(data)
         splits = read_splits(splits_file, ds)
-        result = augment_users(ds, splits, args.target_size, methods, seed=args.seed)
+        tools = model_tools(args, methods, ds)
+        result = augment_users(ds, splits, args.target_size, methods, seed=args.seed,
+                               tools=tools)
     except PersonalError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -73,6 +86,25 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result.totals()))
     print(f"augmented dataset: {out} (personal data validate {out})")
     return 0
+
+
+def model_tools(args: argparse.Namespace, methods: list[str], ds):
+    """The chat models the methods call, loaded from their folders (default config: CPU,
+    float32, the default prompt format and generation settings)."""
+    from personal.config import Config
+    from personal.engine.generate import generate
+    from personal.models.chat import PromptFormat
+    from personal.strategies.augment import Tools
+    from personal.strategies.augmented import chat_model, translator
+
+    cfg, tools = Config(), Tools(pivot=args.translation_pivot)
+    if "back_translation" in methods:
+        tools.translate = translator(cfg, args.translation_model)
+    if "synthesis" in methods:
+        model, tok = chat_model(cfg, args.synthesis_model)
+        fmt = PromptFormat.from_config(cfg, ds)
+        tools.generate = lambda examples: generate(model, tok, examples, cfg.generation, fmt=fmt)
+    return tools
 
 
 if __name__ == "__main__":

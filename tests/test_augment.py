@@ -2,6 +2,7 @@
 cold-start users stay byte-identical, every kept synthetic turn passes the parser check and a
 disagreeing one is rejected and counted, the output is a valid dataset with provenance, and
 bad options are refused naming the option."""
+import dataclasses
 import json
 import random
 import subprocess
@@ -134,6 +135,10 @@ def test_a_target_below_the_real_count_is_refused(world):
 @pytest.mark.parametrize("options,message", [
     ({"methods": "paraphrase,telepathy"}, "unknown method 'telepathy'"),
     ({"methods": "back_translation"}, "back_translation needs a translation model"),
+    ({"methods": "back_translation", "translation_model": "/nonexistent/model"},
+     "translation_model=/nonexistent/model: not a local model folder"),
+    ({"methods": "synthesis", "synthesis_model": "/tmp"}, "synthesis_model=/tmp: not a local"),
+    ({"translation_pivot": " "}, "translation_pivot must name a language"),
     ({"target_size": 0}, "target_size must be >= 1"),
     ({"real_weight": 0}, "real_weight must be an integer >= 1"),
     ({"init": "cluster"}, "init must be base or unified"),
@@ -166,3 +171,99 @@ def test_the_study_script_writes_nothing_on_bad_input(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert len(load_dataset(tmp_path / "new").personas) == 3
+
+
+def test_back_translation_keeps_round_trips_that_imply_the_same_settings():
+    s = Session(4, {"time_of_day": "evening"}, [
+        Message("user", "Set the AC to 22, please."),
+        Message("assistant", "I've set the AC to 22.", {"ac": {"temperature": 22}}),
+        Message("user", "Could you put the lamps at 40?"),
+        Message("assistant", "Lamps at 40.", {"lights": {"brightness": 40}})])
+    there = {"Set the AC to 22, please.": "Stell die Klimaanlage auf 22.",
+             "Could you put the lamps at 40?": "Stell die Lampen auf 50."}
+    back = {"Stell die Klimaanlage auf 22.": "Please set the AC to 22.",
+            "Stell die Lampen auf 50.": "Could you put the lamps at 50?"}  # a wrong number
+    calls = []
+
+    def translate(texts, language):
+        calls.append(language)
+        return [(there if language == "German" else back)[t] for t in texts]
+
+    counts = Counts()
+    out = augment.back_translation(s, translate, "German", counts)
+    assert calls == ["German", "English"]  # one batch each way per session
+    assert out.messages[0].text == "Please set the AC to 22."
+    assert out.messages[0].provenance == {"method": "back_translation", "source_session": 4,
+                                          "source_turn": 0}
+    assert out.messages[2].text == s.messages[2].text  # 50 != 40: the original stays
+    assert out.messages[2].provenance["method"] == "copy"
+    assert [m.text for m in out.messages[1::2]] == [m.text for m in s.messages[1::2]]
+    assert counts.rejected_turns == 1
+    same = Counts()  # a round trip that changes nothing makes nothing
+    assert augment.back_translation(s, lambda texts, lang: list(texts), "German", same) is None
+    assert same.rejected_turns == 2 and same.not_applicable == 1
+
+
+@pytest.fixture(scope="module")
+def model_run(tmp_path_factory):
+    """A smoke run whose base is also saved as a plain chat-model folder."""
+    from personal.distributed.smoke import smoke_config
+    from personal.experiment.context import Context
+
+    root = tmp_path_factory.mktemp("augmodel")
+    cfg = smoke_config(root, users=3, sessions=6, overrides=["generation.max_new_tokens=8"])
+    ctx = Context.create(cfg, root / "run")
+    model, tok = ctx.base
+    folder = root / "chat_model"
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return ctx, folder
+
+
+def augmented_with(ctx, name, **options):
+    """augmented_lora's data unit alone, in a run of its own (`name`) on ctx's world."""
+    from personal.experiment.context import Context
+    from personal.strategies import augmented
+
+    cfg = dataclasses.replace(ctx.cfg, strategy={"augmented_lora": options})
+    run = Context.create(cfg, ctx.run.path.parent / name)
+    record = augmented.augment(run, strategy_config(get_strategy("augmented_lora"), options))
+    return run, record, augmented
+
+
+def test_synthesis_through_a_model_folder_equals_synthesis_with_the_runs_base(model_run):
+    ctx, folder = model_run
+    opts = {"methods": "synthesis", "target_size": 8}
+    a, rec_a, aug = augmented_with(ctx, "base", **opts)
+    b, rec_b, _ = augmented_with(ctx, "folder", **opts, synthesis_model=str(folder))
+    assert rec_a == rec_b
+    files = sorted(p.name for p in (a.run.path / aug.DATA).glob("*.jsonl"))
+    assert files and all((a.run.path / aug.DATA / f).read_bytes() ==
+                         (b.run.path / aug.DATA / f).read_bytes() for f in files)
+    # and it is a different input: the model's files, not the run's base key
+    assert aug.data_inputs(a, strategy_config(get_strategy("augmented_lora"), opts)) != \
+        aug.data_inputs(b, strategy_config(get_strategy("augmented_lora"),
+                                           {**opts, "synthesis_model": str(folder)}))
+
+
+def test_back_translation_through_a_model_folder_checks_every_round_trip(model_run):
+    """The built-in tiny base is no translator: what it returns rarely keeps the turn's
+    settings. Every attempt is counted, and every kept turn implies its source's settings."""
+    from personal.data.validate import load_dataset
+
+    ctx, folder = model_run
+    run, record, aug = augmented_with(ctx, "translated", methods="back_translation",
+                                      target_size=8, translation_model=str(folder))
+    totals = record["totals"]["back_translation"]
+    assert totals["kept"] + totals["rejected_turns"] + totals["not_applicable"] > 0
+    ds = load_dataset(run.run.path / aug.DATA)
+    by_id = {(p.persona_id, s.session_id): s for p in ctx.dataset.personas for s in p.sessions}
+    for p in ds.personas:
+        for s in p.sessions:
+            for i, m in enumerate(s.messages):
+                if m.provenance and m.provenance["method"] == "back_translation":
+                    src = by_id[(p.persona_id, m.provenance["source_session"])].messages[i]
+                    assert implied(m.text) == implied(src.text) and m.text != src.text
+    assert totals["kept"] == sum(1 for p in ds.personas for s in p.sessions
+                                 if any(m.provenance and m.provenance["method"] ==
+                                        "back_translation" for m in s.messages))

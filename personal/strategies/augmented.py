@@ -1,6 +1,11 @@
 """augmented_lora: each user's training dialogues augmented to a target size (paraphrase,
-context variation, synthesis; `strategies.augment`), then one adapter per user on them, from
-the base (per-user) or from the unified adapter (hybrid, `init=unified`).
+context variation, back-translation, synthesis; `strategies.augment`), then one adapter per
+user on them, from the base (per-user) or from the unified adapter (hybrid, `init=unified`).
+
+Back-translation and synthesis call a chat model: `translation_model` (required by
+back_translation) and `synthesis_model` (default: the run's base) are local model folders
+(a transformers config.json, weights and a tokenizer with a chat template), never
+downloaded; their files' hash is part of the augmented data's inputs.
 
 The augmented data is written into the run in the canonical layout with a splits file and
 each turn's provenance (`RUN/augmented_lora/data`, `personal data validate` reads it), so it
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from personal.data.io import read_splits
@@ -19,7 +25,8 @@ from personal.data.validate import load_dataset
 from personal.errors import PersonalError
 from personal.hashing import files_fingerprint
 from personal.strategies import unified
-from personal.strategies.augment import augment_users, check_methods, write_augmented
+from personal.strategies.augment import (Tools, augment_users, check_methods,
+                                         check_model_folder, write_augmented)
 from personal.strategies.common import (fleet_schedule, fleet_summary, own_or_fallback_predictor,
                                         user_groups, val_groups)
 from personal.strategies.fleet import FleetSpec, spec_dict, train_fleet
@@ -46,7 +53,12 @@ class AugmentedConfig:
     methods: str = "paraphrase,context_variation"
     """Comma-separated, of: paraphrase, context_variation, back_translation, synthesis."""
     translation_model: Optional[str] = None
-    """Path of a translation model for back_translation (required by that method)."""
+    """Local folder of a chat model that translates, for back_translation (required by that
+    method): each user turn goes into `translation_pivot` and back into English."""
+    translation_pivot: str = "German"
+    """The language back-translation goes through."""
+    synthesis_model: Optional[str] = None
+    """Local folder of a chat model for synthesis (None: the run's base model)."""
     real_weight: int = 1
     """Each real training turn counts this many times (synthetic ones once): 2 weighs the
     user's own dialogues above the made ones."""
@@ -69,6 +81,10 @@ class AugmentedConfig:
 
     def __post_init__(self) -> None:  # at config time: a bad option stops before any work
         check_methods(method_list(self), self.translation_model, WHERE)
+        check_model_folder(self.translation_model, f"{WHERE}.translation_model")
+        check_model_folder(self.synthesis_model, f"{WHERE}.synthesis_model")
+        if not str(self.translation_pivot).strip():
+            raise PersonalError(f"{WHERE}.translation_pivot must name a language")
         if not isinstance(self.target_size, int) or self.target_size < 1:
             raise PersonalError(f"{WHERE}.target_size must be >= 1, got {self.target_size}")
         if not self.target_factor == 0 and not self.target_factor >= 1:
@@ -85,10 +101,21 @@ def method_list(scfg: AugmentedConfig) -> list[str]:
     return [m.strip() for m in str(scfg.methods).split(",") if m.strip()]
 
 
+def model_identity(path: str) -> str:
+    """What a model folder's outputs depend on: the hash of its files (configs, tokenizer,
+    weights), not where it lies."""
+    return files_fingerprint(p for p in Path(path).iterdir() if p.is_file())
+
+
 def data_inputs(ctx, scfg: AugmentedConfig) -> str:
     methods = method_list(scfg)
-    model = [ctx.base_key, dataclasses.asdict(ctx.cfg.generation)] if "synthesis" in methods \
-        else []
+    model = []
+    if "synthesis" in methods:
+        synth = model_identity(scfg.synthesis_model) if scfg.synthesis_model else ctx.base_key
+        model += [synth, dataclasses.asdict(ctx.cfg.generation)]
+    if "back_translation" in methods:
+        model += [model_identity(scfg.translation_model), scfg.translation_pivot,
+                  TRANSLATION_TOKENS]
     return training_inputs(ctx, f"data/{NAME}", methods, targets(ctx, scfg),
                            ctx.cfg.train.seed, model)
 
@@ -110,21 +137,54 @@ def check_sizes(ctx, scfg: AugmentedConfig) -> None:
                                 f"training dialogues of user {pid}; augmentation only adds")
 
 
-def synthesis_generator(ctx):
-    """The base model answering examples (sampling is the generation config's)."""
+#: New tokens a translation may take (a user turn is ~20 tokens; a pivot language longer).
+TRANSLATION_TOKENS = 96
+
+
+def chat_model(cfg, path: str):
+    """(model, tokenizer) of a local chat-model folder, on the config's device and dtype."""
+    from personal.models.base import load_hf
+
+    return load_hf(cfg, Path(path))
+
+
+def synthesis_generator(ctx, path: Optional[str] = None):
+    """The run's base (or the chat model at `path`) answering examples in the run's prompt
+    format (sampling is the generation config's)."""
     from personal.engine.generate import generate
 
-    model, tokenizer = ctx.base
+    model, tokenizer = chat_model(ctx.cfg, path) if path else ctx.base
     fmt = ctx.prompt_format()
     return lambda examples: generate(model, tokenizer, examples, ctx.cfg.generation, fmt=fmt)
 
 
+def translator(cfg, path: str):
+    """translate(texts, language) -> texts through the chat model at `path`, greedy."""
+    from personal.engine.generate import generate
+    from personal.models.chat import render
+
+    model, tokenizer = chat_model(cfg, path)
+    gen = dataclasses.replace(cfg.generation, do_sample=False, max_new_tokens=TRANSLATION_TOKENS)
+
+    def translate(texts: list[str], language: str) -> list[str]:
+        prompts = [render(tokenizer, [{"role": "user", "content": f"Translate into {language}. "
+                                       f"Answer with the translation only.\n\n{t}"}],
+                          add_generation_prompt=True) for t in texts]
+        return generate(model, tokenizer, prompts, gen) if prompts else []
+
+    return translate
+
+
 def augment(ctx, scfg: AugmentedConfig) -> dict:
     methods = method_list(scfg)
-    gen = synthesis_generator(ctx) if "synthesis" in methods else None
+    tools = Tools(pivot=scfg.translation_pivot)
+    if "synthesis" in methods:
+        tools.generate = synthesis_generator(ctx, scfg.synthesis_model)
+    if "back_translation" in methods:
+        tools.translate = translator(ctx.cfg, scfg.translation_model)
     result = augment_users(ctx.dataset, ctx.splits, targets(ctx, scfg), methods,
                            seed=ctx.cfg.train.seed, history_messages=ctx.cfg.data.history_messages,
-                           generate=gen)
+                           tools=tools)
     write_augmented(result, ctx.run.path / DATA, {"methods": methods,
                                                   "target_size": scfg.target_size,
                                                   "target_factor": scfg.target_factor,
@@ -161,7 +221,8 @@ def spec(ctx, scfg: AugmentedConfig) -> FleetSpec:
 def stages(ctx, scfg: AugmentedConfig) -> list:
     check_sizes(ctx, scfg)
     data_unit = Unit(f"data/{NAME}", data_inputs(ctx, scfg), lambda: augment(ctx, scfg),
-                     [DATA], needs_base="synthesis" in method_list(scfg))
+                     [DATA], needs_base="synthesis" in method_list(scfg)
+                     and scfg.synthesis_model is None)
     fspec = spec(ctx, scfg)
     sessions = {p.persona_id: p.sessions for p in ctx.dataset.personas}
     real = {pid: {sessions[pid][i].session_id for i in ctx.splits[pid].train}
