@@ -267,3 +267,26 @@ def test_back_translation_through_a_model_folder_checks_every_round_trip(model_r
     assert totals["kept"] == sum(1 for p in ds.personas for s in p.sessions
                                  if any(m.provenance and m.provenance["method"] ==
                                         "back_translation" for m in s.messages))
+
+
+def test_the_turn_criterion_finds_contexts_the_session_one_does_not():
+    """Session 1 (evening) sets the AC to 22 then the lights to 40; no other session sets
+    both, so no whole session matches. Under `night` the user set the AC to 22 (session 2)
+    and the lights to 40 (session 3): turn by turn, night qualifies; `weekend` shows only
+    the AC (session 4) and does not."""
+    def sess(sid, meta, *turns):
+        msgs = []
+        for t in turns:
+            msgs += [Message("user", "x"), Message("assistant", "ok", t)]
+        return Session(sid, meta, msgs)
+
+    ac, lights = {"ac": {"temperature": 22}}, {"lights": {"brightness": 40}}
+    me = sess(1, {"time_of_day": "evening"}, ac, lights)
+    others = [me, sess(2, {"time_of_day": "night"}, ac), sess(3, {"time_of_day": "night"}, lights),
+              sess(4, {"day_of_week": "weekend"}, ac)]
+    assert augment.donor_sessions(me, others, "session") == []
+    assert [o.session_id for o in augment.donor_sessions(me, others, "turn")] == [2, 3]
+    counts = Counts()
+    out = augment.context_variation(me, others, random.Random(0), counts, "turn")
+    assert out.meta == {"time_of_day": "night"} and out.messages[0].provenance["context_from"] in (2, 3)
+    assert augment.context_variation(me, others, random.Random(0), Counts(), "session") is None

@@ -12,7 +12,9 @@ Methods (combinable; each new session copies one of the user's training sessions
   implies, read by the action parser from its request, equal the original's.
 - `context_variation`: the same dialogue under another session context, taken from another
   of the user's training sessions that led to the same settings (the user's own history says
-  that context leads there). No such session: nothing is made.
+  that context leads there); with `context_match: turn`, a context under which the user's
+  history shows each of the dialogue's turns' settings, turn by turn. No such context:
+  nothing is made.
 - `back_translation`: each user turn translated into a pivot language and back by a chat
   model given by path (`translate`, any local instruct model), the assistant turns kept;
   kept only if the round trip changed the turn and the parser reads from it the settings
@@ -201,11 +203,38 @@ def settings_of(session: Session) -> frozenset:
     return frozenset(out)
 
 
+def turn_settings(session: Session) -> list[frozenset]:
+    """The settings of each assistant turn that sets something (gold actions, else parsed)."""
+    out = []
+    for m in session.messages:
+        if m.role == "assistant":
+            t = frozenset(triples(m.actions if m.actions is not None else parse_actions(m.text)))
+            if t:
+                out.append(t)
+    return out
+
+
+def donor_sessions(session: Session, others: Sequence[Session], match: str) -> list[Session]:
+    """The user's other sessions whose context may replace this one's. `session`: one that
+    led to the same settings as the whole session. `turn`: one whose context the user's
+    history shows leading to each turn's settings, turn by turn (every setting turn of this
+    session has a turn with the same settings in some session of that context): looser,
+    it applies to more sessions."""
+    rest = [o for o in others if o.session_id != session.session_id and o.meta != session.meta]
+    if match == "session":
+        mine = settings_of(session)
+        return [o for o in rest if settings_of(o) == mine]
+    wanted = turn_settings(session)
+    seen: dict[str, set] = {}
+    for o in rest:
+        seen.setdefault(json.dumps(o.meta, sort_keys=True), set()).update(turn_settings(o))
+    ok = {k for k, have in seen.items() if all(t in have for t in wanted)}
+    return [o for o in rest if json.dumps(o.meta, sort_keys=True) in ok]
+
+
 def context_variation(session: Session, others: Sequence[Session], rng: random.Random,
-                      counts: Counts) -> Optional[Session]:
-    mine = settings_of(session)
-    contexts = [o for o in others if o.session_id != session.session_id and o.meta != session.meta
-                and settings_of(o) == mine]
+                      counts: Counts, match: str = "session") -> Optional[Session]:
+    contexts = donor_sessions(session, others, match)
     if not contexts:
         counts.not_applicable += 1
         return None
@@ -289,6 +318,8 @@ class Tools:
     generate: Optional[Callable] = None
     translate: Optional[Callable] = None
     pivot: str = "German"
+    context_match: str = "session"
+    """context_variation's criterion: `session` or `turn` (`donor_sessions`)."""
 
 
 def augment_user(persona: Persona, train_positions: Sequence[int], target_size: int,
@@ -327,7 +358,7 @@ def _make(method, source, train, persona, rng, counts, history_messages, tools: 
     if method == "paraphrase":
         return paraphrase(source, rng, counts)
     if method == "context_variation":
-        return context_variation(source, train, rng, counts)
+        return context_variation(source, train, rng, counts, tools.context_match)
     if method == "synthesis":
         if tools.generate is None:
             raise PersonalError("synthesis needs a model to generate with")

@@ -57,6 +57,10 @@ class AugmentedConfig:
     method): each user turn goes into `translation_pivot` and back into English."""
     translation_pivot: str = "German"
     """The language back-translation goes through."""
+    context_match: str = "session"
+    """context_variation's criterion for another context: `session` (a session of that
+    context led to the same settings as the whole dialogue) or `turn` (sessions of that
+    context show each turn's settings, turn by turn: applies more often)."""
     synthesis_model: Optional[str] = None
     """Local folder of a chat model for synthesis (None: the run's base model)."""
     real_weight: int = 1
@@ -83,6 +87,9 @@ class AugmentedConfig:
         check_methods(method_list(self), self.translation_model, WHERE)
         check_model_folder(self.translation_model, f"{WHERE}.translation_model")
         check_model_folder(self.synthesis_model, f"{WHERE}.synthesis_model")
+        if self.context_match not in ("session", "turn"):
+            raise PersonalError(f"{WHERE}.context_match must be session or turn, got "
+                                f"{self.context_match!r}")
         if not str(self.translation_pivot).strip():
             raise PersonalError(f"{WHERE}.translation_pivot must name a language")
         if not isinstance(self.target_size, int) or self.target_size < 1:
@@ -116,8 +123,9 @@ def data_inputs(ctx, scfg: AugmentedConfig) -> str:
     if "back_translation" in methods:
         model += [model_identity(scfg.translation_model), scfg.translation_pivot,
                   TRANSLATION_TOKENS]
+    match = [scfg.context_match] if scfg.context_match != "session" else []  # old keys hold
     return training_inputs(ctx, f"data/{NAME}", methods, targets(ctx, scfg),
-                           ctx.cfg.train.seed, model)
+                           ctx.cfg.train.seed, model, *match)
 
 
 def targets(ctx, scfg: AugmentedConfig) -> dict[str, int]:
@@ -177,7 +185,7 @@ def translator(cfg, path: str):
 
 def augment(ctx, scfg: AugmentedConfig) -> dict:
     methods = method_list(scfg)
-    tools = Tools(pivot=scfg.translation_pivot)
+    tools = Tools(pivot=scfg.translation_pivot, context_match=scfg.context_match)
     if "synthesis" in methods:
         tools.generate = synthesis_generator(ctx, scfg.synthesis_model)
     if "back_translation" in methods:
