@@ -165,3 +165,42 @@ def tiny_lm(texts):
     torch.manual_seed(0)
     torch.nn.init.normal_(model.model.embed_tokens.weight, std=0.3)
     return model, tok
+
+
+def replica_name(deployment: str) -> str:
+    """The Ray actor name of the (first) replica of a Serve deployment."""
+    import ray
+
+    return next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if deployment in a["name"])
+
+
+def replies_while_killing(url: str, bodies: list, deployment: str, after: int = 5,
+                          delay_s: float = 0.15):
+    """(replies, the killed replica's actor name): `bodies` sent to `url` 4 at a time with
+    the endpoint client's retries, and the `deployment`'s replica killed `delay_s` after the
+    `after`-th answer (a moment later, the next batch is being decoded)."""
+    import itertools
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+
+    from personal.serving.http_eval import ClientOptions, call
+
+    name = replica_name(deployment)
+    replica = ray.get_actor(name, namespace="serve")
+    answered = itertools.count(1)
+    opts = ClientOptions(retries=6, backoff_s=0.5, timeout_s=120)
+    killer = threading.Timer(delay_s, lambda: ray.kill(replica, no_restart=True))
+
+    def send(body):
+        reply = call(url, body, opts)
+        if next(answered) == after:
+            killer.start()
+        return reply
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        replies = list(pool.map(send, bodies))
+    killer.join()
+    return replies, name

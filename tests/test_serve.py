@@ -256,21 +256,23 @@ def test_schema_driven_fuzzing_finds_no_5xx_and_no_schema_violation(served):
                                      response_schema_conformance, status_code_conformance)
 
     schema = schemathesis.openapi.from_url(served + "/openapi.json")
-    assist = schema["/v1/assist"]["POST"]
-    statuses = []
+    for path in ("/v1/assist", "/v1/chat/completions"):  # the OpenAI door too
+        operation = schema[path]["POST"]
+        statuses = []
 
-    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(assist.as_strategy())
-    def fuzz(case):
-        response = case.call(headers={"Content-Type": "application/json"}, timeout=60)
-        statuses.append(response.status_code)
-        assert response.status_code < 500, (case.body, response.text)
-        case.validate_response(response, checks=[not_a_server_error, status_code_conformance,
-                                                 content_type_conformance,
-                                                 response_schema_conformance])
+        @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(operation.as_strategy())
+        def fuzz(case):
+            response = case.call(headers={"Content-Type": "application/json"}, timeout=60)
+            statuses.append(response.status_code)
+            assert response.status_code < 500, (case.body, response.text)
+            case.validate_response(response, checks=[not_a_server_error,
+                                                     status_code_conformance,
+                                                     content_type_conformance,
+                                                     response_schema_conformance])
 
-    fuzz()
-    assert len(statuses) >= 20 and statuses.count(200) >= 5, sorted(set(statuses))
+        fuzz()
+        assert len(statuses) >= 20 and statuses.count(200) >= 5, (path, sorted(set(statuses)))
     status, reply = post(served, {"user_id": "persona_000", "messages": HELLO})
     assert status == 200 and reply["text"] is not None
 
@@ -410,39 +412,19 @@ def test_killed_generator_replica_loses_no_request(world, served):
     """Kill the generator mid-load (0.15 s after the 5th answer): Serve starts a new
     replica; requests in flight get 503 and are retried (ClientOptions.retries), later ones
     wait for the new replica; every answer still equals offline."""
-    import itertools
-
-    import ray
-
-    from personal.serving.http_eval import ClientOptions, call, request_body
+    from conftest import replica_name, replies_while_killing
+    from personal.serving.http_eval import request_body
 
     examples = world.examples("test") * 4
     expected = offline(world, "per_user_lora", examples)
-    name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                if "Generator" in a["name"])
-    replica = ray.get_actor(name, namespace="serve")
-    answered = itertools.count(1)
-    opts = ClientOptions(retries=6, backoff_s=0.5, timeout_s=120)
-
-    killer = threading.Timer(0.15, lambda: ray.kill(replica, no_restart=True))
-
-    def send(body):
-        reply = call(served + "/v1/assist", body, opts)
-        if next(answered) == 5:
-            killer.start()  # a moment later: the next batch is being decoded
-        return reply
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        replies = list(pool.map(send, [request_body(e) for e in examples]))
-    killer.join()
+    replies, name = replies_while_killing(served + "/v1/assist",
+                                          [request_body(e) for e in examples], "Generator")
     assert all(r.ok for r in replies), [r.body for r in replies if not r.ok][:2]
     assert [r.body["text"] for r in replies] == expected
     # The kill landed mid-load: requests then in flight got 503 and were retried, later ones
     # waited in Serve for the new replica (seconds); either way none was lost.
     assert max(r.seconds for r in replies) > 1.0
-    new = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-               if "Generator" in a["name"])
-    assert new != name  # served by a new replica
+    assert replica_name("Generator") != name  # served by a new replica
 
 
 @pytest.mark.slow

@@ -6,10 +6,8 @@ three users including a cold-start one, the chat door refuses what it cannot hon
 OpenAI error shape, and killing the router replica under load loses no request."""
 import copy
 import dataclasses
-import itertools
 import json
 import socket
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -140,33 +138,16 @@ def test_the_chat_door_refuses_what_it_cannot_honour(world, moe_url):
 def test_killed_router_replica_loses_no_request(world, moe_url):
     """Kill the RequestRouter replica 0.15 s after the 5th answer: requests in flight get 503
     and are retried, later ones wait for Serve's new replica; every answer equals offline."""
-    import ray
-
-    from personal.serving.http_eval import ClientOptions, call, request_body
+    from conftest import replica_name, replies_while_killing
+    from personal.serving.http_eval import request_body
 
     examples = world.examples("test") * 3
     expected = offline(world, "moe_lora", examples)
-    name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                if "RequestRouter" in a["name"])
-    replica = ray.get_actor(name, namespace="serve")
-    answered = itertools.count(1)
-    opts = ClientOptions(retries=6, backoff_s=0.5, timeout_s=120)
-    killer = threading.Timer(0.15, lambda: ray.kill(replica, no_restart=True))
-
-    def send(body):
-        reply = call(moe_url + "/v1/assist", body, opts)
-        if next(answered) == 5:
-            killer.start()
-        return reply
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        replies = list(pool.map(send, [request_body(e) for e in examples]))
-    killer.join()
+    replies, name = replies_while_killing(moe_url + "/v1/assist",
+                                          [request_body(e) for e in examples], "RequestRouter")
     assert all(r.ok for r in replies), [r.body for r in replies if not r.ok][:2]
     assert [r.body["text"] for r in replies] == expected
-    new = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-               if "RequestRouter" in a["name"])
-    assert new != name  # a new replica answered the later requests
+    assert replica_name("RequestRouter") != name  # a new replica answered the later ones
 
 
 def test_retrieval_trained_is_served_with_its_index(world, moe_url):

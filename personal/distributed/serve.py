@@ -281,6 +281,19 @@ class ErrorResponse(BaseModel):
     field: Optional[str] = None
 
 
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """The OpenAI API's error body: `param` names the field at fault."""
+
+    error: OpenAIErrorDetail
+
+
 def _error(status: int, message: str, field: Optional[str] = None) -> JSONResponse:
     return JSONResponse({"error": message, "field": field}, status_code=status)
 
@@ -385,7 +398,7 @@ class Router:
         return await self._answer(req, start)
 
     @api.post("/v1/chat/completions",
-              responses={code: {"model": ErrorResponse}
+              responses={code: {"model": OpenAIErrorResponse}
                          for code in (400, 403, 415, 422, 500, 503)},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": chat_schema(ServeConfig())}}}})
