@@ -191,6 +191,7 @@ def test_diagnostics_are_recorded_for_the_report(world):
     assert abs(sum(record["shares"]) - 1.0) < 1e-9
     assert 0 <= record["entropy"] <= record["max_entropy"] + 1e-9
     assert 0 <= record["oracle_agreement"] <= 1
+    assert 0 <= record["uniform_emb_sim"] <= 1 and "uniform mixture" in record["rows"][3]["value"]
     assert [r["check"] for r in record["rows"]] == ["expert shares", "routing entropy",
                                                     "oracle agreement", "oracle headroom"]
 

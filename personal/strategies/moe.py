@@ -25,8 +25,9 @@ with `router.json` (its config, the expert folders, the feature scaling).
 What it learned is checked on a spread sample of evaluated turns (`diagnostics/moe_lora.json`,
 a row group of the report's strategy checks): each expert's share of turns, the routing
 entropy, agreement with an oracle that picks the lowest-loss expert per turn, that oracle's
-emb_sim beside the router's on the same turns (the headroom of any router), and a collapse
-flag when one expert takes over 95% of turns.
+emb_sim beside the router's on the same turns (the headroom of any router) and beside a
+uniform mixture's (every expert at 1/K, whatever the turn: the control that says whether the
+routing, not the mixing, helps), and a collapse flag when one expert takes over 95% of turns.
 
     personal train moe_lora strategy.moe_lora.mode=soft strategy.moe_lora.n_experts=8
 """
@@ -456,6 +457,8 @@ def diagnose(ctx, scfg: MoEConfig) -> dict:
     fmt, tok, gen = ctx.prompt_format(), ctx.base[1], ctx.cfg.generation
     mine = generate_routed(model, tok, turns, router.rows(turns), gen, fmt=fmt)
     best = generate_routed(model, tok, turns, [int(o) for o in oracle], gen, fmt=fmt)
+    # the control a learned router must beat: every expert at weight 1/K, whatever the turn
+    even = generate_routed(model, tok, turns, [[1.0 / k] * k for _ in turns], gen, fmt=fmt)
 
     def score(texts):
         return float(np.mean(emb_sim([Pair(t, e.target) for t, e in zip(texts, turns)])))
@@ -468,11 +471,13 @@ def diagnose(ctx, scfg: MoEConfig) -> dict:
             "oracle_agreement": float((probs.argmax(1) == oracle).mean()),
             "oracle_shares": (np.bincount(oracle, minlength=k) / len(turns)).tolist(),
             "router_emb_sim": score(mine), "oracle_emb_sim": score(best),
+            "uniform_emb_sim": score(even),
             "rows": diagnostic_rows(len(turns), shares, probs, weights, oracle, k,
-                                    score(mine), score(best))}
+                                    score(mine), score(best), score(even))}
 
 
-def diagnostic_rows(n, shares, probs, weights, oracle, k, mine, best) -> list[dict]:
+def diagnostic_rows(n, shares, probs, weights, oracle, k, mine, best,
+                    even: Optional[float] = None) -> list[dict]:
     """The report's rows of what the router learned."""
     top = int(shares.argmax())
     collapse = " (collapsed)" if shares.max() > COLLAPSE_SHARE else ""
@@ -488,9 +493,11 @@ def diagnostic_rows(n, shares, probs, weights, oracle, k, mine, best) -> list[di
          "value": f"{(probs.argmax(1) == oracle).mean():.1%} (chance {1 / k:.1%})",
          "meaning": "the router's top expert is the one with the lowest loss on the turn"},
         {"check": "oracle headroom", "turns": n,
-         "value": f"router {mine:.4f} vs oracle {best:.4f} emb sim",
+         "value": f"router {mine:.4f} vs oracle {best:.4f} emb sim"
+                  + ("" if even is None else f" (uniform mixture {even:.4f})"),
          "meaning": "the lowest-loss expert per turn, hard-routed: what any router could "
-                    "reach with these experts"}]
+                    "reach with these experts; the uniform mixture (every expert at 1/K) is "
+                    "the control a learned router must beat"}]
 
 
 def diagnostics_unit(ctx, scfg: MoEConfig, upstream: str) -> Unit:
@@ -498,9 +505,10 @@ def diagnostics_unit(ctx, scfg: MoEConfig, upstream: str) -> Unit:
         record = {"strategy": NAME, **diagnose(ctx, scfg)}
         ctx.run.write_json(DIAGNOSTICS, record)
         return {k: record[k] for k in ("turns", "max_share", "collapsed", "oracle_agreement",
-                                       "router_emb_sim", "oracle_emb_sim")}
+                                       "router_emb_sim", "oracle_emb_sim", "uniform_emb_sim")}
 
-    inputs = training_inputs(ctx, f"check/{NAME}", upstream, scfg.mode, scfg.top_k,
+    # "uniform": the record holds the uniform-mixture control (a record without it reruns)
+    inputs = training_inputs(ctx, f"check/{NAME}", "uniform", upstream, scfg.mode, scfg.top_k,
                              scfg.diagnostic_turns, dataclasses.asdict(ctx.cfg.generation))
     return Unit(f"check/{NAME}", inputs, work, [DIAGNOSTICS])
 
