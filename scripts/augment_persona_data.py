@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from personal.data.io import read_splits
     from personal.data.validate import load_dataset
     from personal.errors import PersonalError
-    from personal.strategies.augment import (Tools, augment_users, check_methods,
+    from personal.strategies.augment import (augment_users, check_methods,
                                              check_model_folder, write_augmented)
 
     out = Path(args.out)

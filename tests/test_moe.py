@@ -3,7 +3,6 @@ follow its weights, it learns a routing that depends on the message, it is saved
 to identical weights, a collapse is reported, cold-start and unknown users are routed by
 their message, shared-expert experts are unified + a residual, and bad options are refused
 naming the option."""
-import copy
 import dataclasses
 
 import numpy as np
@@ -23,7 +22,7 @@ U32 = 2.0 ** -24  # float32 unit roundoff
 
 def test_a_two_expert_soft_mixture_equals_the_hand_computed_sum():
     """y = W x + s (w1 B1 A1 x + w2 B2 A2 x) for one LoRA layer, in float64 by hand."""
-    from personal.engine import StackedLoRALinear, adapter_rows
+    from personal.engine import StackedLoRALinear
     from personal.engine.stacked_lora import Routing
 
     g = torch.Generator().manual_seed(0)

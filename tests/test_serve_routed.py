@@ -6,7 +6,6 @@ three users including a cold-start one, the chat door refuses what it cannot hon
 OpenAI error shape, and killing the router replica under load loses no request."""
 import copy
 import dataclasses
-import json
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
