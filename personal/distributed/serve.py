@@ -66,8 +66,7 @@ from personal.serving.routing import (AdapterSlots, AssistRequest, Decision, Req
                                       decide, experts_of, host_of, parse_request,
                                       request_example, request_router, request_schema,
                                       route_table)
-from personal.strategies.registry import get_strategy
-from personal.strategies.registry import servable_strategies
+from personal.strategies.registry import get_strategy, servable_strategies
 
 APP_NAME = "personal"
 

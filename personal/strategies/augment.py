@@ -324,11 +324,10 @@ class Tools:
 
 def augment_user(persona: Persona, train_positions: Sequence[int], target_size: int,
                  methods: Sequence[str], rng: random.Random, history_messages: int = 6,
-                 generate: Optional[Callable] = None, tools: Optional[Tools] = None
-                 ) -> tuple[list[Session], dict[str, Counts]]:
+                 tools: Optional[Tools] = None) -> tuple[list[Session], dict[str, Counts]]:
     """New sessions for one user, made from their training sessions only, until the user has
     `target_size` training dialogues or every method has been tried on every session."""
-    tools = tools or Tools(generate=generate)
+    tools = tools or Tools()
     train = [persona.sessions[i] for i in train_positions]
     counts = {m: Counts() for m in methods}
     made: list[Session] = []
@@ -376,8 +375,7 @@ def _key(s: Session) -> str:
 
 def augment_users(ds: Dataset, splits: dict[str, Split], target_size: int | dict[str, int],
                   methods: Sequence[str], seed: int = 0, history_messages: int = 6,
-                  generate: Optional[Callable] = None, tools: Optional[Tools] = None
-                  ) -> Augmented:
+                  tools: Optional[Tools] = None) -> Augmented:
     """Every training user augmented to `target_size` training dialogues (one size, or one
     per user id); cold-start users and every validation and test session are copied
     unchanged. Refuses a target below a user's real training dialogues."""
@@ -399,7 +397,7 @@ def augment_users(ds: Dataset, splits: dict[str, Split], target_size: int | dict
             continue
         rng = random.Random(f"{seed}:{index}")
         new, counts[p.persona_id] = augment_user(p, sp.train, target(p.persona_id), methods, rng,
-                                                 history_messages, generate, tools)
+                                                 history_messages, tools)
         personas.append(dataclasses.replace(p, sessions=list(p.sessions) + new))
         first = len(p.sessions)  # splits hold session positions; the new ones come last
         out_splits[p.persona_id] = dataclasses.replace(

@@ -315,20 +315,26 @@ def router_probs(net, x: np.ndarray) -> np.ndarray:
 
 # --- Expert losses per turn ------------------------------------------------------------------
 
-def expert_losses(ctx, folders: Sequence[str], examples: Sequence[Example]) -> np.ndarray:
+def expert_stack(ctx, folders: Sequence[str]):
+    """The base with the experts (run-relative folders) as one stack, slot k = expert k."""
+    return load_stack(ctx, [ctx.run.path / f for f in folders])
+
+
+def expert_losses(ctx, model, examples: Sequence[Example]) -> np.ndarray:
     """[turns, K]: each expert's mean token loss on each turn's target (teacher forced, one
     sequence per turn, all experts in shared passes of one stack)."""
     import torch
 
     from personal.engine.sampler import collate, pack_rows, pass_cost, target_count
+    from personal.engine.stacked_lora import get_routing
     from personal.engine.train import _row_losses
     from personal.models.lora import pad_id
 
-    model = load_stack(ctx, [ctx.run.path / f for f in folders])
     fmt, tok = ctx.prompt_format(), ctx.base[1]
+    k_experts = get_routing(model).num_adapters
     feats = [fmt.encode(tok, e) for e in examples]
-    rows = [(k, dict(f, turn=i)) for i, f in enumerate(feats) for k in range(len(folders))]
-    out = np.zeros((len(examples), len(folders)))
+    rows = [(k, dict(f, turn=i)) for i, f in enumerate(feats) for k in range(k_experts)]
+    out = np.zeros((len(examples), k_experts))
     device = next(model.parameters()).device
     with torch.no_grad():
         for chunk in pack_rows(rows, 64, pass_cost(device)):
@@ -354,7 +360,7 @@ def train_router(ctx, scfg: MoEConfig) -> dict:
                             f"needs at least 2 (more training users, or "
                             f"strategy.{NAME}.n_experts)")
     turns = label_examples(ctx, scfg.label_turns)
-    losses = expert_losses(ctx, folders, turns)
+    losses = expert_losses(ctx, expert_stack(ctx, folders), turns)
     feats = RequestFeatures(ctx, scfg.router_input)
     x = feats(turns)
     net, final = fit_router(x, router_targets(losses, scfg), scfg)
@@ -400,7 +406,10 @@ class MoERouter:
 
     def rows(self, examples: Sequence[Example]) -> list:
         """Offline routing rows: expert indices (hard) or weight vectors."""
-        w = self.weights(examples)
+        return self.rows_of(self.weights(examples))
+
+    def rows_of(self, w: np.ndarray) -> list:
+        """Routing rows of mixture weights [N, K]."""
         if self.mode == "hard":
             return [int(k) for k in w.argmax(1)]
         return [row.tolist() for row in w]
@@ -410,7 +419,7 @@ def predictor(ctx, scfg: MoEConfig):
     from personal.engine import generate_routed
 
     router = MoERouter(ctx, scfg)
-    model = load_stack(ctx, [ctx.run.path / f for f in router.folders])
+    model = expert_stack(ctx, router.folders)
     fmt, tok = ctx.prompt_format(), ctx.base[1]
 
     def predict(examples: list[Example]) -> list[str]:
@@ -442,26 +451,27 @@ def entropy(weights: np.ndarray) -> np.ndarray:
 def diagnose(ctx, scfg: MoEConfig) -> dict:
     """What the router learned, on a spread sample of evaluated turns."""
     from personal.engine import generate_routed
-    from personal.eval.metrics import emb_sim
-    from personal.eval.metrics import Pair
+    from personal.eval.metrics import Pair, emb_sim
 
     router = MoERouter(ctx, scfg)
     turns = spread_sample(ctx.examples(ctx.cfg.eval.split, ctx.eval_personas()),
                           scfg.diagnostic_turns)
     k = len(router.folders)
-    losses = expert_losses(ctx, router.folders, turns)
-    probs, weights = router.probs(turns), router.weights(turns)
+    model = expert_stack(ctx, router.folders)  # one stack: the losses and the generations
+    losses = expert_losses(ctx, model, turns)
+    probs = router.probs(turns)
+    weights = route_weights(probs, router.mode, router.top_k)
     oracle = losses.argmin(1)
     shares = np.bincount(weights.argmax(1), minlength=k) / len(turns)
-    model = load_stack(ctx, [ctx.run.path / f for f in router.folders])
     fmt, tok, gen = ctx.prompt_format(), ctx.base[1], ctx.cfg.generation
-    mine = generate_routed(model, tok, turns, router.rows(turns), gen, fmt=fmt)
-    best = generate_routed(model, tok, turns, [int(o) for o in oracle], gen, fmt=fmt)
-    # the control a learned router must beat: every expert at weight 1/K, whatever the turn
-    even = generate_routed(model, tok, turns, [[1.0 / k] * k for _ in turns], gen, fmt=fmt)
 
-    def score(texts):
+    def score(rows) -> float:
+        texts = generate_routed(model, tok, turns, rows, gen, fmt=fmt)
         return float(np.mean(emb_sim([Pair(t, e.target) for t, e in zip(texts, turns)])))
+
+    mine, best = score(router.rows_of(weights)), score([int(o) for o in oracle])
+    # the control a learned router must beat: every expert at weight 1/K, whatever the turn
+    even = score([[1.0 / k] * k for _ in turns])
 
     return {"turns": len(turns), "experts": router.folders, "mode": scfg.mode,
             "shares": shares.tolist(), "max_share": float(shares.max()),
@@ -470,10 +480,9 @@ def diagnose(ctx, scfg: MoEConfig) -> dict:
             "mixture_entropy": float(entropy(weights).mean()),
             "oracle_agreement": float((probs.argmax(1) == oracle).mean()),
             "oracle_shares": (np.bincount(oracle, minlength=k) / len(turns)).tolist(),
-            "router_emb_sim": score(mine), "oracle_emb_sim": score(best),
-            "uniform_emb_sim": score(even),
-            "rows": diagnostic_rows(len(turns), shares, probs, weights, oracle, k,
-                                    score(mine), score(best), score(even))}
+            "router_emb_sim": mine, "oracle_emb_sim": best, "uniform_emb_sim": even,
+            "rows": diagnostic_rows(len(turns), shares, probs, weights, oracle, k, mine, best,
+                                    even)}
 
 
 def diagnostic_rows(n, shares, probs, weights, oracle, k, mine, best,

@@ -338,7 +338,8 @@ class RetrievalRouter:
         return out
 
 register_strategy("retrieval", config=RetrievalConfig, stages=stages, predictor=predictor,
-                  serving=servable(routes, request_router=RetrievalRouter), plans=("phase1",), position=60,
+                  serving=servable(routes, request_router=RetrievalRouter), plans=("phase1",),
+                  position=60,
                   expected_seconds={"eval/retrieval": 265.0, "retrieval/index": 430.0},
                   cold_start="retrieval over the sessions the user has (their validation "
                              "sessions)")

@@ -336,29 +336,25 @@ class Retriever:
         return index.top(example, self.settings, self._query_vectors([example])[0])
 
     def _block(self, example: Example, query: Optional[np.ndarray]) -> Optional[str]:
-        index = self.indexes[example.persona_id]
-        exchanges = index.top(example, self.settings, query)
-        return render(exchanges, self.settings, self.count_tokens, self.budget(example))
+        return self._retrieve(example, query)[0]
+
+    def _retrieve(self, example: Example, query: Optional[np.ndarray]
+                  ) -> tuple[Optional[str], list[Exchange]]:
+        exchanges = self.indexes[example.persona_id].top(example, self.settings, query)
+        return render(exchanges, self.settings, self.count_tokens, self.budget(example)), exchanges
 
     def blocks(self, examples: Sequence[Example]
                ) -> list[tuple[Optional[str], list[Exchange]]]:
         """(the block, the exchanges retrieved) of each example, computed afresh and never
-        cached: served requests have no session of their own (session -1), so their cache
+        cached: served requests have no session of its own (session -1), so their cache
         keys would collide between requests of one user. The same example gives the block
         `__call__` gives."""
         if self.settings.k <= 0:
             return [(None, []) for _ in examples]
         known = [e for e in examples if e.persona_id in self.indexes]
         vectors = dict(zip(map(id, known), self._query_vectors(known)))
-        out = []
-        for e in examples:
-            if e.persona_id not in self.indexes:
-                out.append((None, []))
-                continue
-            exchanges = self.indexes[e.persona_id].top(e, self.settings, vectors[id(e)])
-            out.append((render(exchanges, self.settings, self.count_tokens, self.budget(e)),
-                        exchanges))
-        return out
+        return [self._retrieve(e, vectors[id(e)]) if id(e) in vectors else (None, [])
+                for e in examples]
 
     def __call__(self, example: Example) -> Optional[str]:
         if self.settings.k <= 0 or example.persona_id not in self.indexes:
