@@ -139,3 +139,30 @@ def test_the_report_gives_the_plans_wall_time_and_its_lanes():
                                          "(its units' times add up to 1h13m).")
     assert plan_time_lines({**plan, "lanes": 1})[-1] == "The last `personal run` took 37m02s."
     assert plan_time_lines(None) == [] and plan_time_lines({"units": {}}) == []
+
+
+def test_the_swap_checks_are_a_figure_over_seeds(tmp_path):
+    from personal.experiment.reporting import SWAP_PLOT, _swap_plots, swap_shares
+    from personal.experiment.runs import Run
+
+    seeds = []
+    for seed, (prefix, vector) in enumerate([(0.5, 0.25), (0.75, None)]):
+        run = Run(tmp_path / f"seed-{seed}")
+        run.write_json("diagnostics/unified_prefix.json",
+                       {"strategy": "unified_prefix", "check": "prompt swap",
+                        "swap_turns": 4, "changed_share": prefix})
+        run.write_json("diagnostics/user_embedding.json",  # no share: not measured
+                       {"strategy": "user_embedding", "check": "vector shuffle",
+                        "changed_share": vector})
+        run.write_json("diagnostics/moe_lora.json", {"strategy": "moe_lora", "rows": []})
+        seeds.append(run)
+    assert swap_shares(seeds) == {"unified_prefix: prompt swap": [0.5, 0.75],
+                                  "user_embedding: vector shuffle": [0.25]}
+    assert _swap_plots([Run(tmp_path / "none")]) == []  # no checks: no empty figure
+    summary, per_user, comparisons = _run()
+    md, html = write_report(summary, per_user, comparisons, tmp_path / "out",
+                            extra_plots=_swap_plots(seeds))
+    assert SWAP_PLOT in md.read_text()
+    page = html.read_text()
+    png = re.search(rf'alt="{re.escape(SWAP_PLOT)}" src="data:image/png;base64,([^"]+)"', page)
+    assert base64.b64decode(png.group(1)).startswith(b"\x89PNG")

@@ -107,12 +107,13 @@ def test_swapping_prompts_changes_outputs_and_identical_prompts_do_not(ctx, tmp_
 
 def test_the_check_is_a_row_of_the_report(ctx):
     from personal.experiment.pipeline import evaluate_strategy, trained_hash
-    from personal.experiment.reporting import report_from_run
+    from personal.experiment.reporting import SWAP_PLOT, report_from_run
 
     evaluate_strategy(ctx, up.NAME, trained_hash(ctx, up.NAME))
     text = report_from_run(ctx.run.path).read_text(encoding="utf-8")
     share = ctx.run.read_json(up.DIAGNOSTICS)["changed_share"]
     assert "Strategy checks" in text and f"{share:.1%} changed" in text
+    assert SWAP_PLOT in text  # and the figure the issue asks for
 
 
 def test_prompts_fit_on_another_runs_unified_adapter(cfg, ctx, tmp_path):

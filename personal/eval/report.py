@@ -283,6 +283,23 @@ def marginal_bars(marginals: dict[str, Sequence[tuple[Any, float]]], metric: str
     return _png(fig)
 
 
+def changed_share_bars(shares: dict[str, Sequence[float]]) -> str:
+    """Base64 PNG: one horizontal bar per check (label -> its changed share in each seed),
+    the bar at the mean and a dot per seed, so a check that changes nothing reads as no bar."""
+    fig, (ax,) = _grid(1, width=6.0, height=0.5 + 0.45 * max(len(shares), 1))
+    labels = list(shares)
+    means = [sum(v) / len(v) if v else 0.0 for v in shares.values()]
+    ax.barh(range(len(labels)), means, color="#4C72B0")
+    for i, values in enumerate(shares.values()):
+        ax.scatter(values, [i] * len(values), color="black", s=12, zorder=3)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlim(0.0, 1.0)
+    ax.invert_yaxis()  # first check on top, as in the table
+    ax.set_xlabel("share of test turns whose output changes")
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
 def curve_plot(curves: dict[str, Sequence[tuple[float, float]]], metric: str,
                xlabel: str = "training sessions per user") -> str:
     """Base64 PNG: one line per strategy, score against the varied size (one panel)."""
@@ -414,7 +431,8 @@ def write_report(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
                  worst_criterion: str = "worst", notes: Sequence[str] = (),
                  extra_tables: Sequence[tuple[str, list[list[str]], str]] = (),
                  costs: Optional[dict[str, dict[str, Any]]] = None,
-                 summarize: bool = True) -> tuple[Path, Path]:
+                 summarize: bool = True,
+                 extra_plots: Sequence[tuple[str, str]] = ()) -> tuple[Path, Path]:
     """Write `report.md` and `report.html` into `out_dir`; returns their paths.
 
     Shapes of the inputs: see the module docstring. `metric` is the metric of the study
@@ -422,7 +440,8 @@ def write_report(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
     `notes` end the summary at the top (seed noise, cold-start users); `extra_tables`
     are (title, cells, caption) sections after the study table (cold-start users, cost);
     `costs` ({strategy: cost record}) price the summary's strategies that beat the reference;
-    `summarize=False` leaves the summary out (a sweep's table compares no strategies).
+    `summarize=False` leaves the summary out (a sweep's table compares no strategies);
+    `extra_plots` are (title, base64 PNG) figures after the standard ones (the swap checks).
     """
     rows = _rows(comparisons)
     ref = _reference(rows, summary, reference)
@@ -437,6 +456,7 @@ def write_report(summary: dict[str, dict[str, float]], per_user: dict[str, Any],
                       user_scatter(per_user, others, ref, metric, min_user_score)))
     if ablations:
         plots.append(("Ablations", ablation_curves(ablations, metric)))
+    plots += list(extra_plots)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md_path, html_path = out / "report.md", out / "report.html"

@@ -10,7 +10,8 @@ import numpy as np
 from personal.config import Config, load_config
 from personal.errors import PersonalError
 from personal.eval.metrics import macro_mean
-from personal.eval.report import cold_start_table, cost_table, write_curve_report, write_report
+from personal.eval.report import (changed_share_bars, cold_start_table, cost_table,
+                                  write_curve_report, write_report)
 from personal.eval.statistics import compare, compare_seeds, rows_as_records
 from personal.experiment.cost import served_p50_ms
 from personal.experiment.curve import curve_runs
@@ -97,23 +98,49 @@ CHECKS_CAPTION = ("Checks a strategy runs on itself (`diagnostics/<strategy>.jso
                   "part it personalises is used, what it learned.")
 
 
-def _checks_section(run: Run) -> list:
+def _diagnostics(run: Run) -> list[tuple[str, dict]]:
+    """(strategy, record) of each check the run recorded under diagnostics/, by file name."""
+    folder = run.path / "diagnostics"
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    records = [(p.stem, run.read_json(f"diagnostics/{p.name}") or {}) for p in paths]
+    return [(rec.get("strategy", stem), rec) for stem, rec in records]
+
+
+def _checks_section(run: Run, caption: str = CHECKS_CAPTION) -> list:
     """One row per strategy check the run recorded, e.g. the share of turns whose output
     changes when users' prompts are swapped (a prompt the model ignores changes nothing)."""
-    folder = run.path / "diagnostics"
     rows = [["strategy", "check", "value", "turns", "what it means"]]
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        rec = run.read_json(f"diagnostics/{path.name}") or {}
+    for name, rec in _diagnostics(run):
         for row in rec.get("rows", []):  # a strategy that words its own rows
-            rows.append([rec.get("strategy", path.stem), row["check"], row["value"],
+            rows.append([name, row["check"], row["value"],
                          str(row.get("turns", "")), row.get("meaning", "")])
         if "rows" in rec:
             continue
         value = rec.get("changed_share")
-        rows.append([rec.get("strategy", path.stem), rec.get("check", ""),
+        rows.append([name, rec.get("check", ""),
                      "\u2014" if value is None else f"{value:.1%} changed",
                      str(rec.get("swap_turns", "")), rec.get("meaning") or rec.get("reason", "")])
-    return [("Strategy checks", rows, CHECKS_CAPTION)] if len(rows) > 1 else []
+    return [("Strategy checks", rows, caption)] if len(rows) > 1 else []
+
+
+SWAP_PLOT = "Swap checks: share of test turns whose output changes"
+
+
+def swap_shares(runs: list[Run]) -> dict[str, list[float]]:
+    """{"strategy: check": [changed share in each run that measured it]} over the runs (a
+    seeds run's seeds): the swap checks (users' prompts or vectors exchanged at test time)."""
+    shares: dict[str, list[float]] = {}
+    for run in runs:
+        for name, rec in _diagnostics(run):
+            if rec.get("changed_share") is not None:
+                label = f"{name}: {rec.get('check', 'swap')}"
+                shares.setdefault(label, []).append(float(rec["changed_share"]))
+    return shares
+
+
+def _swap_plots(runs: list[Run]) -> list[tuple[str, str]]:
+    shares = swap_shares(runs)
+    return [(SWAP_PLOT, changed_share_bars(shares))] if shares else []
 
 
 def _reference(cfg: Config, summary: dict) -> str:
@@ -162,7 +189,8 @@ def report_from_run(run_path: Path) -> Path:
     md, _ = write_report(summary, per_user, rows, run.path, noise_ceiling=ceiling, costs=costs,
                          reference=reference, title=f"Personalization results: {run.path.name}",
                          notes=cold_note + [single_seed_note(run.path, reference)],
-                         extra_tables=extra, **_report_options(cfg))
+                         extra_tables=extra, extra_plots=_swap_plots([run]),
+                         **_report_options(cfg))
     # a fleet also records each of its adapters (train/adapters/...): part of the fleet's time
     timings = {u: s for u, s in run.unit_seconds().items() if not u.startswith("train/adapters/")}
     if timings:
@@ -248,10 +276,14 @@ def _report_seeds(run: Run, cfg: Config, subs: dict[int, Path]) -> Path:
     costs = {n: {**_mean_dicts([c[n] for c in per_seed_costs]),
                  "served_p50_ms": per_seed_costs[0][n].get("served_p50_ms")}
              for n in names if all(n in c for c in per_seed_costs)}
-    extra += _cost_section(costs)
+    first = min(subs)
+    extra += _cost_section(costs) + _checks_section(
+        Run(subs[first]), CHECKS_CAPTION + f" Those of seed {first}; every seed's are in "
+        "seed-<k>/diagnostics, and the swap figure shows all seeds.")
     md, _ = write_report(summary, per_user, rows, run.path, noise_ceiling=ceiling, costs=costs,
                          reference=reference, notes=cold_note + [note], extra_tables=extra,
                          title=f"Personalization results: {run.path.name} ({len(subs)} seeds)",
+                         extra_plots=_swap_plots([Run(subs[s]) for s in sorted(subs)]),
                          **_report_options(cfg))
     return md
 
