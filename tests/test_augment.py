@@ -204,6 +204,28 @@ def test_back_translation_keeps_round_trips_that_imply_the_same_settings():
     assert same.rejected_turns == 2 and same.not_applicable == 1
 
 
+def test_back_translation_rejects_a_round_trip_that_did_not_come_back():
+    """What SmolLM2-135M returned: German that keeps "HDMI1" (the parser reads the same
+    setting), and German for a turn that asks for nothing (the parser reads nothing from
+    either). Both pass the parser; neither is the source's sentence."""
+    s = Session(2, {}, [
+        Message("user", "Would you put the TV on HDMI1, please? There's something I really "
+                        "want to watch."),
+        Message("assistant", "TV on HDMI1.", {"tv": {"input_source": "HDMI1"}}),
+        Message("user", "Great, thank you! It's still dark outside!"),
+        Message("assistant", "You're welcome.", {})])
+    came_back = {s.messages[0].text: "Ich habe die TV in HDMI1, ich bin ein star.",
+                 s.messages[2].text: "Das ist klimale."}
+    assert implied(came_back[s.messages[0].text]) == implied(s.messages[0].text)
+    counts = Counts()
+    assert augment.back_translation(s, lambda texts, lang: [came_back.get(t, t) for t in texts],
+                                    "German", counts) is None
+    assert counts.rejected_turns == 2 and counts.not_applicable == 1
+    # a faithful re-wording of the same sentence is kept
+    assert augment.same_sentence("Could you please switch the TV to HDMI1? I really want to "
+                                 "watch something.", s.messages[0].text)
+
+
 @pytest.fixture(scope="module")
 def model_run(tmp_path_factory):
     """A smoke run whose base is also saved as a plain chat-model folder."""
