@@ -288,8 +288,7 @@ def changed_share_bars(shares: dict[str, Sequence[float]]) -> str:
     the bar at the mean and a dot per seed, so a check that changes nothing reads as no bar."""
     fig, (ax,) = _grid(1, width=6.0, height=0.5 + 0.45 * max(len(shares), 1))
     labels = list(shares)
-    means = [sum(v) / len(v) if v else 0.0 for v in shares.values()]
-    ax.barh(range(len(labels)), means, color="#4C72B0")
+    ax.barh(range(len(labels)), [_mean(v) for v in shares.values()], color="#4C72B0")
     for i, values in enumerate(shares.values()):
         ax.scatter(values, [i] * len(values), color="black", s=12, zorder=3)
     ax.set_yticks(range(len(labels)), labels)

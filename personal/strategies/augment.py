@@ -253,8 +253,8 @@ def context_variation(session: Session, others: Sequence[Session], rng: random.R
 
 #: Least ROUGE-L F of a kept round trip against its source turn. Measured with
 #: SmolLM2-135M-Instruct as the translator (8 users, 110 round trips the parser accepted):
-#: every one left in German or drifted to another sentence scored below 0.3, while a faithful
-#: re-worded English round trip of a short command scores 0.5-0.9.
+#: every one left in German or drifted to another sentence scored below 0.3, while hand-written
+#: faithful English re-wordings of the study's short commands scored 0.53-0.86.
 ROUND_TRIP_ROUGE = 0.4
 
 
